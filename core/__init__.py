@@ -1,0 +1,1 @@
+"""The IPT body, heads/tails, training, inference and evaluation. Import submodules directly."""

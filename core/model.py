@@ -1,0 +1,271 @@
+"""The Image Processing Transformer (Chen et al., CVPR 2021): task heads/tails + one shared transformer body.
+
+Shapes, for the ``paper`` preset (C=64 feature channels, P=3 patch dim, a 48x48 input):
+    image (B,3,48,48) -> head -> f (B,C,48,48) -> tokens (B,N=256,D=576) -> encoder -> decoder(task embedding)
+    -> tokens (B,N,D) -> fold -> (B,C,48,48) + f -> tail -> (B,3,48*s,48*s)
+
+Layout and numerics follow the official Pretrained-IPT code (``../shared/official/ARCHITECTURE.md``) so that
+official checkpoints convert 1:1; attention runs through ``scaled_dot_product_attention`` with fused projections.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import Mlp
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ipt.core.config import ModelConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
+    from ipt.registry.spec import TaskSpec
+
+
+class Attention(nn.Module):
+    """Multi-head attention without biases; q/k/v weights stacked as one (3D, D) matrix (official in_proj).
+
+    Additive query/key embeddings are applied after the projection (``W(x + E) = Wx + WE``), so the task
+    embedding is projected once per call, not once per batch element.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.dim = dim
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        # q, k, v: (B, N, D) -> heads (B, H, N, D/H)
+        q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.num_heads) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+    def forward(self, x: torch.Tensor, qk_embed: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention with q = k = x + qk_embed and v = x."""
+        qkv = self.qkv(x)  # (B, N, 3D)
+        q, k, v = qkv.chunk(3, dim=-1)
+        if qk_embed is not None:
+            eq, ek = F.linear(qk_embed, self.qkv.weight[: 2 * self.dim]).chunk(2, dim=-1)  # (N, D) each
+            q, k = q + eq, k + ek
+        return self._attend(q, k, v)
+
+    def cross(self, x: torch.Tensor, memory: torch.Tensor, q_embed: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-attention with q = x + q_embed and k = v = memory."""
+        w = self.qkv.weight
+        q = F.linear(x if q_embed is None else x + q_embed, w[: self.dim])
+        k, v = F.linear(memory, w[self.dim :]).chunk(2, dim=-1)
+        return self._attend(q, k, v)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer encoder layer (paper Eq. 1)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.attn = Attention(d, cfg.num_heads, cfg.dropout)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.mlp = Mlp(d, cfg.mlp_dim, act_layer=nn.ReLU, drop=cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm decoder layer with the task embedding added to queries/keys (paper Eq. 2, official code)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        d = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.self_attn = Attention(d, cfg.num_heads, cfg.dropout)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.cross_attn = Attention(d, cfg.num_heads, cfg.dropout)
+        self.norm3 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
+        self.mlp = Mlp(d, cfg.mlp_dim, act_layer=nn.ReLU, drop=cfg.dropout)
+
+    def forward(self, t: torch.Tensor, memory: torch.Tensor, task_embed: torch.Tensor) -> torch.Tensor:
+        t = t + self.self_attn(self.norm1(t), qk_embed=task_embed)
+        # The official code attends to the raw encoder output (not normalised, no position embedding).
+        t = t + self.cross_attn.cross(self.norm2(t), memory, q_embed=task_embed)
+        return t + self.mlp(self.norm3(t))
+
+
+class IPTBody(nn.Module):
+    """The shared transformer body on a (B, C, S, S) feature map, S = ``patch_size``."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, n = cfg.embed_dim, cfg.num_tokens
+        self.linear_encoding = nn.Linear(d, d)
+        self.pos_embed = nn.Parameter(torch.zeros(n, d))
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_enc_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_dec_layers))
+        self.mlp_head = Mlp(d, cfg.mlp_dim, act_layer=nn.ReLU, drop=cfg.dropout)
+        self.grad_checkpointing = False
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def tokens(self, f: torch.Tensor, task_embed: torch.Tensor) -> torch.Tensor:
+        """Feature map (B,C,S,S) -> decoded tokens (B,N,D) (the features of the contrastive loss)."""
+        p = self.cfg.patch_dim
+        x = rearrange(f, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)  # (B, N, D), F.unfold order
+        x = self.linear_encoding(x) + x
+        x = x + self.pos_embed
+        for layer in self.encoder:
+            x = self._run(layer, x)
+        memory, t = x, x
+        for layer in self.decoder:
+            t = self._run(layer, t, memory, task_embed)
+        return self.mlp_head(t) + t
+
+    def fold(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Decoded tokens (B,N,D) -> feature map (B,C,S,S)."""
+        p, s = self.cfg.patch_dim, self.cfg.patch_size // self.cfg.patch_dim
+        return rearrange(tokens, "b (h w) (c p1 p2) -> b c (h p1) (w p2)", h=s, w=s, p1=p, p2=p)
+
+    def _run(self, layer: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+    def forward(self, f: torch.Tensor, task_embed: torch.Tensor) -> torch.Tensor:
+        return self.fold(self.tokens(f, task_embed))
+
+
+class UnknownModelTaskError(KeyError):
+    """The model has no head/tail for the requested task."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class IPT(nn.Module):
+    """IPT with per-task heads, tails and task embeddings kept in dicts keyed by task name.
+
+    Inputs and outputs are on the 0..``rgb_range`` scale (255 by default), like the official model.
+    """
+
+    def __init__(self, config: ModelConfig, tasks: Iterable["TaskSpec | str"] = ()) -> None:
+        super().__init__()
+        self.config = config
+        self.body = IPTBody(config)
+        self.heads = nn.ModuleDict()
+        self.tails = nn.ModuleDict()
+        self.task_embed = nn.ParameterDict()
+        self.task_specs: dict[str, TaskSpec] = {}
+        mean = torch.tensor(config.rgb_mean, dtype=torch.float32).view(1, 3, 1, 1) * config.rgb_range
+        self.register_buffer("rgb_mean", mean, persistent=False)
+        for task in tasks:
+            self.add_task(task)
+
+    # -- tasks ---------------------------------------------------------------------------------------------
+    @property
+    def task_names(self) -> list[str]:
+        return list(self.heads.keys())
+
+    def spec(self, task: str) -> "TaskSpec":
+        self._check_task(task)
+        return self.task_specs[task]
+
+    def scale(self, task: str) -> int:
+        return self.spec(task).scale
+
+    def add_task(self, task: "TaskSpec | str", embed_init: str | None = None) -> "TaskSpec":
+        """Give the model a new task: fresh head and tail from the task's plugin and a new task embedding.
+
+        ``embed_init`` copies the task embedding of an existing task (e.g. ``denoise30`` for ``denoise70``).
+        """
+        spec = _resolve(task)
+        if spec.name in self.heads:
+            raise ValueError(f"the model already has task {spec.name!r}")
+        ref = next(self.parameters(), None)
+        device, dtype = (ref.device, ref.dtype) if ref is not None else (None, None)
+        head, tail = spec.head(self.config), spec.tail(self.config)
+        self.heads[spec.name] = head.to(device=device, dtype=dtype)
+        self.tails[spec.name] = tail.to(device=device, dtype=dtype)
+        embed = torch.empty(self.config.num_tokens, self.config.embed_dim, device=device, dtype=dtype)
+        if embed_init is not None:
+            embed.copy_(self.task_embed[self.spec(embed_init).name].detach())
+        else:
+            nn.init.trunc_normal_(embed, std=0.02)
+        self.task_embed[spec.name] = nn.Parameter(embed)
+        self.task_specs[spec.name] = spec
+        return spec
+
+    def keep_tasks(self, names: Sequence[str]) -> None:
+        """Drop every task not in ``names`` (for deployment or single-task fine-tuning)."""
+        for n in names:
+            self._check_task(n)
+        for n in [t for t in self.task_names if t not in names]:
+            del self.heads[n], self.tails[n], self.task_embed[n], self.task_specs[n]
+
+    def _check_task(self, task: str) -> None:
+        if task not in self.heads:
+            raise UnknownModelTaskError(
+                f"this model has no task {task!r}; it has: {', '.join(self.task_names) or 'none'}"
+            )
+
+    # -- forward -------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, task: str, return_tokens: bool = False):  # noqa: ANN201
+        """Restore a batch of ``patch_size`` x ``patch_size`` patches (B,3,S,S) for ``task``.
+
+        Returns the restored batch (B,3,S*scale,S*scale); with ``return_tokens`` also the decoded tokens (B,N,D).
+        Images of other sizes go through :class:`ipt.core.tiling.TiledRestorer`.
+        """
+        self._check_task(task)
+        s = self.config.patch_size
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2:] != (s, s):
+            raise ValueError(
+                f"IPT's body takes (B,3,{s},{s}) patches, got {tuple(x.shape)}; "
+                "restore whole images with ipt.core.tiling.TiledRestorer"
+            )
+        mean = self.rgb_mean.to(x.dtype)
+        f = self.heads[task](x - mean)
+        tokens = self.body.tokens(f, self.task_embed[task])
+        y = self.tails[task](self.body.fold(tokens) + f) + mean
+        return (y, tokens) if return_tokens else y
+
+    # -- persistence ---------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: "str | Path", **extra: object) -> "Path":
+        """Write ``config.json`` + ``model.safetensors`` into ``directory`` (atomically)."""
+        from ipt.core.pretrained import save_pretrained
+
+        return save_pretrained(self, directory, **extra)
+
+    @classmethod
+    def from_pretrained(cls, directory: "str | Path", tasks: Sequence[str] | None = None) -> "IPT":
+        """Load a model directory written by :meth:`save_pretrained` (strict: every tensor must match)."""
+        from ipt.core.pretrained import load_pretrained
+
+        return load_pretrained(directory, tasks=tasks)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _resolve(task: "TaskSpec | str") -> "TaskSpec":
+    if isinstance(task, str):
+        from ipt.registry import get_task
+
+        return get_task(task)
+    return task
+
+
+def build_model(config: ModelConfig | str, tasks: Iterable["TaskSpec | str"]) -> IPT:
+    """An :class:`IPT` for a config (or preset name) and tasks (names or specs)."""
+    if isinstance(config, str):
+        from ipt.core.config import preset
+
+        config = preset(config)
+    return IPT(config, tasks)

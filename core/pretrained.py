@@ -1,0 +1,186 @@
+"""Model directories: ``config.json`` (pydantic) + ``model.safetensors``; strict loading, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors.torch import load_file, save_file
+
+from ipt.core.config import ModelConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+class TaskEntry(BaseModel):
+    """One task of a saved model, with the plugin that provides it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    scale: int
+    plugin: str | None = None
+    distribution: str | None = None
+    version: str | None = None
+
+
+class SavedModelConfig(BaseModel):
+    """The content of a model directory's ``config.json``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str = "ipt-model"
+    format_version: int = FORMAT_VERSION
+    ipt_version: str | None = None
+    architecture: ModelConfig
+    tasks: list[TaskEntry] = Field(default_factory=list)
+
+
+class CheckpointError(RuntimeError):
+    """A model directory or weights file that cannot be loaded as asked."""
+
+
+class MissingPluginError(CheckpointError):
+    """A saved model needs a task whose plugin is not installed."""
+
+
+def _ipt_version() -> str | None:
+    try:
+        from ipt import __version__
+
+        return __version__
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def atomic_write_dir(target: Path, write: Any) -> Path:
+    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``target`` (replacing it): readers never see half."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def saved_config(model: torch.nn.Module, **extra: Any) -> SavedModelConfig:
+    tasks = [
+        TaskEntry(name=s.name, scale=s.scale, plugin=s.plugin, distribution=s.distribution, version=s.version)
+        for s in (model.task_specs[n] for n in model.task_names)
+    ]
+    return SavedModelConfig(ipt_version=_ipt_version(), architecture=model.config, tasks=tasks, **extra)
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | Path, **extra: Any) -> Path:
+    """Write ``model`` as a model directory. ``extra`` keys are stored in ``config.json`` (e.g. ``training``)."""
+    cfg = saved_config(model, **extra)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "tasks": ",".join(model.task_names)})
+        (tmp / CONFIG_NAME).write_text(cfg.model_dump_json(indent=2) + "\n")
+
+    return atomic_write_dir(Path(directory), write)
+
+
+def read_config(directory: str | Path) -> SavedModelConfig:
+    """Read and validate ``config.json`` of a model directory."""
+    path = Path(directory) / CONFIG_NAME
+    if not Path(directory).is_dir():
+        raise CheckpointError(f"{directory}: not a model directory (it does not exist or is not a folder)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        return SavedModelConfig.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise CheckpointError(f"{path}: invalid model config: {exc}") from exc
+
+
+def resolve_tasks(cfg: SavedModelConfig, names: Sequence[str], source: str) -> list[Any]:
+    """The TaskSpecs of a saved model's tasks; a missing plugin is named with its distribution."""
+    from ipt.registry.manager import UnknownTaskError, get_registry
+
+    registry = get_registry()
+    entries = {t.name: t for t in cfg.tasks}
+    specs = []
+    for name in names:
+        try:
+            specs.append(registry.get(name))
+        except UnknownTaskError as exc:
+            entry = entries.get(name)
+            dist = entry.distribution if entry and entry.distribution else None
+            if dist:
+                raise MissingPluginError(
+                    f"{source}: task {name!r} needs the plugin distribution {dist!r} "
+                    f"(saved with version {entry.version}), which is not installed or is disabled: "
+                    f"pip install {dist}"
+                ) from exc
+            raise MissingPluginError(f"{source}: {exc}") from exc
+    return specs
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped tensors."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = sorted(
+        f"{k}: expected {tuple(expected[k].shape)}, found {tuple(found[k].shape)}"
+        for k in set(expected) & set(found)
+        if tuple(expected[k].shape) != tuple(found[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
+            if items:
+                shown = ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
+                parts.append(f"{title}: {shown}")
+        raise CheckpointError(f"{source}: weights do not match the model ({'; '.join(parts)})")
+
+
+def load_pretrained(
+    directory: str | Path, tasks: Sequence[str] | None = None, map_location: str | torch.device = "cpu"
+) -> Any:
+    """Load a model directory. ``tasks`` keeps only those tasks (each must be in the checkpoint)."""
+    from ipt.core.model import IPT
+
+    directory = Path(directory)
+    cfg = read_config(directory)
+    saved = [t.name for t in cfg.tasks]
+    if tasks is not None:
+        absent = [t for t in tasks if t not in saved]
+        if absent:
+            raise CheckpointError(
+                f"{directory}: the model has no task {', '.join(map(repr, absent))}; it has: {', '.join(saved)}"
+            )
+    specs = resolve_tasks(cfg, saved, str(directory))
+    model = IPT(cfg.architecture, specs)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing")
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CheckpointError(f"{weights}: cannot read safetensors file: {exc}") from exc
+    check_state_dict(model.state_dict(), state, str(weights))
+    model.load_state_dict(state, strict=True)
+    if tasks is not None:
+        model.keep_tasks(list(tasks))
+    return model

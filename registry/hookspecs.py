@@ -1,0 +1,34 @@
+"""The hooks a plugin can implement (pluggy project name ``ipt``).
+
+A plugin is a module (or object) with functions decorated by :data:`hookimpl`; it is found through an entry
+point in the group ``ipt``. Every hook is documented in ``docs/plugins.md``.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from ipt.registry.spec import TaskFamily, TaskSpec
+
+PROJECT = "ipt"
+ENTRY_POINT_GROUP = "ipt"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def ipt_register_tasks() -> list[TaskSpec]:
+    """Return the tasks this plugin provides (fixed names such as ``sr2`` or ``derain``).
+
+    Called once, when the registry loads the plugins (the first time a task is looked up or listed).
+    """
+
+
+@hookspec
+def ipt_register_task_families() -> list[TaskFamily]:
+    """Return parametric task families (e.g. ``denoise<sigma>``) resolved on demand by name.
+
+    Called once, when the registry loads the plugins; a family's ``build`` is called the first time a
+    matching task name (e.g. ``denoise70``) is asked for.
+    """
