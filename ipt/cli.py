@@ -12,11 +12,12 @@ import os
 import sys
 from typing import Sequence
 
-# name -> (module, one-line help)
+# name -> (module, one-line help); a module that hosts several commands names its functions "module:suffix",
+# e.g. "ipt.registry.cli:plugins" -> add_plugins_arguments / run_plugins.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ipt.core.demo", "degrade and restore a bundled photo with every task of the bundled model"),
-    "plugins": ("ipt.registry.cli", "list the installed task plugins and their errors"),
-    "tasks": ("ipt.registry.cli", "list the available tasks with scale and degradation parameters"),
+    "plugins": ("ipt.registry.cli:plugins", "list the installed task plugins and their errors"),
+    "tasks": ("ipt.registry.cli:tasks", "list the available tasks with scale and degradation parameters"),
     "train": ("ipt.core.train", "pre-train or fine-tune IPT (same flags as core/train.py)"),
     "restore": ("ipt.core.restore", "restore images of any size with a trained model"),
     "eval": ("ipt.core.evaluate", "score a model on a folder or benchmark (PSNR/SSIM, paper conventions)"),
@@ -61,10 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
+    module_name, _, suffix = module_name.partition(":")
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"ipt {name}", description=help_text)
-    add = getattr(module, f"add_{name}_arguments", None) or module.add_arguments
-    run = getattr(module, f"run_{name}", None) or module.run
+    add = getattr(module, f"add_{suffix}_arguments" if suffix else "add_arguments")
+    run = getattr(module, f"run_{suffix}" if suffix else "run")
     add(parser)
     args = parser.parse_args(rest)
     if os.environ.get("IPT_DEBUG"):

@@ -1,0 +1,30 @@
+"""The pre-trained model shipped inside the package (``core/bundled_model/``; see its ``MODEL_CARD.md``).
+
+It is the default wherever a model is optional: ``ipt restore``, ``ipt eval``, ``ipt demo``, the transfer
+experiment and fine-tuning's ``--init-from``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ipt.core.pretrained import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled_model"
+BUNDLED_NAME = "bundled"  # accepted wherever a model directory is expected
+
+
+def bundled_model_dir() -> Path:
+    """The folder of the bundled model (``config.json`` + ``model.safetensors``)."""
+    if not (BUNDLED_DIR / CONFIG_NAME).is_file() or not (BUNDLED_DIR / WEIGHTS_NAME).is_file():
+        raise CheckpointError(
+            f"no bundled model in {BUNDLED_DIR}: this installation ships without weights; pass --model MODEL_DIR"
+        )
+    return BUNDLED_DIR
+
+
+def resolve_model_dir(model: str | Path | None) -> Path:
+    """``model`` as a directory; ``None`` or ``"bundled"`` mean the bundled model."""
+    if model is None or str(model) == BUNDLED_NAME:
+        return bundled_model_dir()
+    return Path(model)
