@@ -1,0 +1,318 @@
+"""Reading and writing images as float tensors on the 0-255 scale (PNG, JPEG, WebP, TIFF, BMP; 8 and 16 bit).
+
+* :func:`read_image` returns a :class:`LoadedImage`: RGB ``(3, H, W)`` float32 on 0-255 (grey is repeated to RGB,
+  16-bit samples are scaled by 255/65535), the alpha channel kept aside ``(H, W)`` on 0-255 (RGBA, LA, palette or
+  grey/RGB images with a transparent colour), the source bit depth (8 or 16) and the PIL mode it had.
+* :func:`write_image` quantises to 8 or 16 bit and re-attaches an alpha channel, resizing it (bicubic) when the
+  image changed size (super-resolution). Files are written under a temporary name and renamed.
+* :func:`iter_images` expands folders (sorted, non-recursive) into image files.
+
+Pillow decodes 16-bit RGB(A) PNG and TIFF files to 8 bit, so those go through torchvision's PNG decoder and
+tifffile (a dependency of scikit-image) instead; 16-bit PNGs are written by a small encoder here (Pillow cannot).
+Any unreadable, truncated or unsupported file raises :class:`ImageReadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import warnings
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "LoadedImage",
+    "read_image",
+    "image_size",
+    "write_image",
+    "resize_alpha",
+    "iter_images",
+    "to_uint8",
+]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_U16_TO_255 = 255.0 / 65535.0
+
+
+class ImageReadError(ValueError):
+    """An image file that cannot be read; ``str()`` names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image on the 0-255 scale: ``rgb`` float32 ``(3, H, W)``, ``alpha`` float32 ``(H, W)`` or ``None``."""
+
+    rgb: Tensor
+    alpha: Tensor | None
+    bit_depth: int  # 8 or 16 (bits per sample of the file)
+    mode: str  # the PIL mode (or "RGB;16"/"RGBA;16"... for files decoded without PIL)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W)."""
+        return int(self.rgb.shape[-2]), int(self.rgb.shape[-1])
+
+
+# -- reading -------------------------------------------------------------------------------------------------
+def _png_header(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR, or None if the file is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE):
+        return None
+    return head[24], head[25]
+
+
+def _from_array(arr: np.ndarray, scale: float, mode: str, bit_depth: int, path: Path) -> LoadedImage:
+    """(H, W), (H, W, C) with C in 1..4 -> LoadedImage (grey repeated, alpha split)."""
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
+        raise ImageReadError(path, f"unsupported image layout {arr.shape}")
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1) * scale
+    c = t.shape[0]
+    color = t[:1].expand(3, -1, -1) if c in (1, 2) else t[:3]
+    alpha = t[c - 1].clone() if c in (2, 4) else None
+    return LoadedImage(color.clone().clamp_(0, 255), None if alpha is None else alpha.clamp_(0, 255), bit_depth, mode)
+
+
+def _read_png16(path: Path, colour_type: int) -> LoadedImage:
+    try:
+        with warnings.catch_warnings():
+            # torchvision >= 0.29 flags its image codecs as deprecated; it is the one installed decoder that keeps
+            # 16-bit colour PNGs at 16 bit (Pillow reduces them to 8 bit).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_png, read_file
+
+            data = decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+    except ImportError:
+        return _read_pil(path)  # no 16-bit decoder: 8-bit samples from Pillow
+    except Exception as exc:  # noqa: BLE001 - torchvision raises RuntimeError with libpng's message
+        raise ImageReadError(path, f"cannot decode 16-bit PNG ({exc})") from None
+    arr = data.permute(1, 2, 0).numpy().astype(np.float32)
+    mode = {0: "I;16", 2: "RGB;16", 4: "LA;16", 6: "RGBA;16"}.get(colour_type, "16-bit")
+    return _from_array(arr, _U16_TO_255, mode, 16, path)
+
+
+def _read_tiff_deep(path: Path) -> LoadedImage:
+    import tifffile
+
+    try:
+        arr = tifffile.imread(str(path), key=0)
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(path, f"cannot decode TIFF ({exc})") from None
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (1, 2, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) storage
+    if arr.dtype == np.uint16:
+        return _from_array(arr, _U16_TO_255, f"TIFF;{arr.dtype}", 16, path)
+    if arr.dtype == np.uint8:
+        return _from_array(arr, 1.0, "TIFF;uint8", 8, path)
+    if np.issubdtype(arr.dtype, np.floating):
+        scale = 255.0 if float(np.nanmax(arr)) <= 1.0 else 1.0
+        return _from_array(arr, scale, f"TIFF;{arr.dtype}", 16, path)
+    raise ImageReadError(path, f"unsupported TIFF sample type {arr.dtype}")
+
+
+def _read_pil(path: Path) -> LoadedImage:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: truncated files fail here, not later
+            im = ImageOps.exif_transpose(im)  # camera orientation, as viewers show the photo
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image file Pillow can identify") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(path, f"cannot decode image ({exc})") from None
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return _from_array(np.asarray(im).astype(np.float32), _U16_TO_255, mode, 16, path)
+    if mode == "I":  # 32-bit integer samples: Pillow's container for 16-bit grey
+        return _from_array(np.asarray(im).astype(np.float32), _U16_TO_255, mode, 16, path)
+    if mode == "F":
+        arr = np.asarray(im).astype(np.float32)
+        return _from_array(arr, 255.0 if float(np.nanmax(arr)) <= 1.0 else 1.0, mode, 16, path)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+    if mode in ("L", "1") and not has_alpha:
+        return _from_array(np.asarray(im.convert("L")), 1.0, mode, 8, path)
+    target = "RGBA" if has_alpha else "RGB"
+    return _from_array(np.asarray(im.convert(target)), 1.0, mode, 8, path)
+
+
+def read_image(path: str | Path) -> LoadedImage:
+    """Read an image file into a :class:`LoadedImage` (RGB float32 0-255, alpha aside); see the module doc."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "no such file")
+    if not path.is_file():
+        raise ImageReadError(path, "not a file")
+    try:
+        png = _png_header(path)
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot open ({exc.strerror or exc})") from None
+    if png is not None and png[0] == 16 and png[1] != 3:
+        return _read_png16(path, png[1])
+    if path.suffix.lower() in (".tif", ".tiff") and _tiff_is_deep(path):
+        return _read_tiff_deep(path)
+    return _read_pil(path)
+
+
+def _tiff_is_deep(path: Path) -> bool:
+    """True for TIFFs with more than 8 bits per sample that Pillow would reduce (multi-channel 16-bit, float)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            bits = im.tag_v2.get(258, (8,))  # BitsPerSample
+            mode = im.mode
+    except Exception:  # noqa: BLE001 - let the main reader report the problem
+        return False
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    return max(bits) > 8 and mode not in ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) from the file header only (cheap); raises :class:`ImageReadError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1) if path.suffix.lower() in (".jpg", ".jpeg", ".webp", ".tif", ".tiff") else 1
+    except FileNotFoundError:
+        raise ImageReadError(path, "no such file") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not an image file Pillow can identify") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"cannot read image header ({exc})") from None
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+# -- writing -------------------------------------------------------------------------------------------------
+def to_uint8(img: Tensor) -> np.ndarray:
+    """(C, H, W) on 0-255 -> (H, W, C) uint8 (clamped and rounded)."""
+    return img.detach().float().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def resize_alpha(alpha: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize an ``(H, W)`` alpha channel to ``size`` = (H', W') (bicubic, clamped to [0, 255])."""
+    if tuple(alpha.shape) == tuple(size):
+        return alpha
+    out = F.interpolate(alpha[None, None].float(), size=size, mode="bicubic", align_corners=False)
+    return out[0, 0].clamp(0, 255)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _encode_png16(arr: np.ndarray) -> bytes:
+    """A 16-bit PNG of (H, W, C) uint16 with C = 1, 2, 3 or 4 (filter 'none' on every row)."""
+    h, w, c = arr.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    rows = arr.astype(">u2").reshape(h, w * c).view(np.uint8)
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    return _PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw, 6)) + _png_chunk(b"IEND", b"")
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+
+
+def write_image(path: str | Path, rgb: Tensor, alpha: Tensor | None = None, bit_depth: int = 8) -> Path:
+    """Write ``rgb`` ``(3, H, W)`` on 0-255 to ``path`` (format from the extension), quantised to ``bit_depth``.
+
+    ``alpha`` ``(h, w)`` on 0-255 is resized to ``(H, W)`` if needed and stored (PNG, WebP, TIFF; JPEG and BMP
+    cannot hold it and drop it). 16 bit is available for PNG and TIFF.
+    """
+    path = Path(path)
+    fmt = _PIL_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unsupported output format {path.suffix!r} (use one of {', '.join(_PIL_FORMATS)})")
+    if rgb.ndim != 3 or rgb.shape[0] != 3:
+        raise ValueError(f"write_image expects an RGB image (3, H, W), got shape {tuple(rgb.shape)}")
+    if bit_depth not in (8, 16):
+        raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    if bit_depth == 16 and fmt not in ("PNG", "TIFF"):
+        raise ValueError(f"{path}: 16-bit output needs .png or .tif, not {path.suffix}")
+    h, w = rgb.shape[-2:]
+    channels = rgb.detach().float().cpu()
+    if alpha is not None and fmt not in ("JPEG", "BMP"):
+        channels = torch.cat([channels, resize_alpha(alpha.detach().float().cpu(), (h, w))[None]], dim=0)
+    if bit_depth == 16:
+        scaled = (channels.double().clamp(0, 255) * (65535.0 / 255.0)).round().clamp(0, 65535)
+        arr = scaled.permute(1, 2, 0).numpy().astype(np.uint16)
+        if fmt == "PNG":
+            data = _encode_png16(arr)
+            _atomic_write(path, lambda p: p.write_bytes(data))
+        else:
+            import tifffile
+
+            _atomic_write(path, lambda p: tifffile.imwrite(str(p), arr, photometric="rgb"))
+        return path
+    from PIL import Image
+
+    im = Image.fromarray(to_uint8(channels))
+    save_kwargs = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
+    _atomic_write(path, lambda p: im.save(p, format=fmt, **save_kwargs))
+    return path
+
+
+# -- listing -------------------------------------------------------------------------------------------------
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder`` (sorted by name; hidden files skipped)."""
+    folder = Path(folder)
+    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: p.name)
+
+
+def iter_images(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """Expand ``paths``: a folder gives its image files (sorted, non-recursive), a file is kept as given.
+
+    A path that does not exist raises ``FileNotFoundError``; a folder without images raises ``ValueError``.
+    """
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = list_images(p)
+            if not found:
+                raise ValueError(f"{p}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
+            yield from found
+        elif p.exists():
+            yield p
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")

@@ -1,0 +1,91 @@
+"""``ipt bench``: the analytic FLOP count, the official-layout state dict, and the command's JSON report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ipt.cli import main
+from ipt.core.bench import flops_per_patch, median_ratio, to_official_state_dict
+from ipt.core.config import preset
+from ipt.core.model import IPT
+
+
+def test_paper_flops_per_patch() -> None:
+    # The issue's figure: 65.9 GFLOP (33 GMAC) per 48x48 patch at scale 1.
+    assert flops_per_patch(preset("paper"), 1) / 1e9 == pytest.approx(65.9, abs=0.05)
+    # x2 adds the upsampling conv (64 -> 256 ch, 3x3 on 48x48) and a 4x larger output conv.
+    extra = 2 * 64 * 256 * 9 * 48 * 48 + 2 * 64 * 3 * 9 * (96 * 96 - 48 * 48)
+    assert flops_per_patch(preset("paper"), 2) - flops_per_patch(preset("paper"), 1) == extra
+
+
+@pytest.mark.parametrize("task", ["sr2", "sr3", "sr4", "denoise30"])
+def test_flops_match_torch_flop_counter(task: str) -> None:
+    """Counted by torch for a batch of 2 minus a batch of 1: per-call work (the task-embedding projection) cancels."""
+    cfg = preset("tiny", num_enc_layers=1, num_dec_layers=2)
+    model = IPT(cfg, [task]).eval()
+    counts = []
+    for b in (1, 2):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.rand(b, 3, 48, 48) * 255, task)
+        counts.append(counter.get_total_flops())
+    assert counts[1] - counts[0] == flops_per_patch(cfg, model.scale(task))
+
+
+def test_official_state_dict_layout() -> None:
+    model = IPT(preset("tiny"), ["sr2", "denoise30"])
+    sd = to_official_state_dict(model, ["denoise30", "sr2"])
+    assert sd["body.query_embed.weight"].shape == (2, 256 * 144)
+    assert torch.equal(sd["body.query_embed.weight"][1].view(256, 144), model.task_embed["sr2"])
+    assert torch.equal(sd["head.1.0.weight"], model.heads["sr2"][0].weight)
+    assert torch.equal(sd["body.decoder.layers.1.multihead_attn.in_proj_weight"],
+                      model.body.decoder[1].cross_attn.qkv.weight)
+    assert torch.equal(sd["body.mlp_head.3.bias"], model.body.mlp_head.fc2.bias)
+    assert sd["sub_mean.bias"].tolist() == pytest.approx([-0.4488 * 255, -0.4371 * 255, -0.4040 * 255])
+
+
+def test_median_ratio() -> None:
+    assert median_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
+
+
+def test_bench_tiny_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("spandrel")
+    out = tmp_path / "bench.json"
+    code = main([
+        "bench", "--preset", "tiny", "--repeats", "1", "--warmup", "0", "--batch", "1", "--compare-reference",
+        "--image-size", "64x56", "--memory-sizes", "48", "96", "--tile-batch", "4", "--dtype", "fp32,bf16",
+        "--json", str(out),
+    ])
+    assert code == 0
+    report = json.loads(out.read_text())
+    for key in ("machine", "settings", "flops_per_patch", "ceiling_gflops", "forward", "train", "restore", "memory",
+                "reference_check"):
+        assert key in report, key
+    assert report["settings"]["preset"] == "tiny"
+    assert set(report["ceiling_gflops"]) == {"fp32", "bf16"}
+    assert [r["variant"] for r in report["forward"]] == ["reference", "ipt-fp32", "ipt-bf16"]
+    for section in ("forward", "train"):
+        for row in report[section]:
+            assert row["seconds"] > 0 and row["gflops"] > 0
+            assert row["speedup_vs_reference"] > 0
+    assert report["reference_check"]["max_rel_diff_fp32"] <= 1e-4
+    restore = report["restore"]
+    # 64x56 image, 48 px tiles with 10 px overlap: 2 x 2 tiles; the official stride-12 protocol needs
+    # a 2 x 2 grid + 2*2 + 2*2 strip tiles + 1 corner tile.
+    assert restore["tiles_paper_protocol"] == 4
+    assert restore["tiles_official_protocol"] == 13
+    assert restore["official_protocol"]["estimated"] is True
+    assert {r["variant"] for r in restore["variants"]} == {"ipt-fp32", "ipt-bf16"}
+    memory = report["memory"]
+    assert memory["pixel_ratio"] == 4
+    assert memory["large"]["tiles"] == 9 and memory["small"]["tiles"] == 1
+    assert "ipt bench" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_dtype(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--preset", "tiny", "--dtype", "fp8"]) == 2
+    assert "--dtype: unknown value 'fp8'" in capsys.readouterr().err

@@ -1,0 +1,152 @@
+"""The plugin author guide ``docs/plugins.md`` documents every hook, and its examples and flags are real."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import re
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import ipt.registry.hookspecs as hookspecs
+from ipt import testing as kit
+from ipt.cli import COMMANDS
+from ipt.registry.manager import TaskRegistry
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
+TEXT = GUIDE.read_text(encoding="utf-8")
+
+
+def _hookspec_names() -> list[str]:
+    """Functions of ``ipt.registry.hookspecs`` marked by its ``hookspec`` marker."""
+    marker = f"{hookspecs.PROJECT}_spec"
+    return sorted(n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(f, marker))
+
+
+def _documented(name: str, text: str = TEXT) -> bool:
+    """``name`` is the subject of a heading or of a bullet point."""
+    pattern = rf"^(#+ .*|\s*[-*] .*)\b{re.escape(name)}\b"
+    return re.search(pattern, text, flags=re.MULTILINE) is not None
+
+
+def _section(title: str) -> str:
+    """The text of the ``## title`` section, up to the next level-2 heading."""
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", TEXT, flags=re.MULTILINE | re.DOTALL)
+    assert m, f"docs/plugins.md has no section '## {title}'"
+    return m.group(1)
+
+
+def _blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+
+
+# -- hooks -------------------------------------------------------------------------------------------------------
+def test_hookspecs_are_found() -> None:
+    assert {"ipt_register_tasks", "ipt_register_task_families"} <= set(_hookspec_names())
+
+
+@pytest.mark.parametrize("hook", _hookspec_names())
+def test_every_hookspec_is_documented(hook: str) -> None:
+    assert _documented(hook), f"hook {hook!r} (registry/hookspecs.py) is not documented in docs/plugins.md"
+    hooks = _section("Hooks")
+    assert re.search(rf"^### `{hook}`", hooks, flags=re.MULTILINE), f"no '### `{hook}`' heading under '## Hooks'"
+    own = hooks.split(f"### `{hook}`", 1)[1].split("\n### ", 1)[0]
+    assert "Called" in own, f"the section of {hook!r} does not say when it is called"
+
+
+def test_documented_detects_missing_names() -> None:
+    assert not _documented("ipt_register_nothing")
+    assert not _documented("ipt_register_tasks", "Some text mentioning ipt_register_tasks in passing.\n")
+    assert _documented("ipt_register_tasks", "- `ipt_register_tasks`: returns specs\n")
+
+
+# -- the minimal plugin ------------------------------------------------------------------------------------------
+def _minimal_plugin() -> tuple[str, str]:
+    section = _section("A minimal plugin")
+    (toml,), (python,) = _blocks(section, "toml"), _blocks(section, "python")
+    return toml, python
+
+
+def test_minimal_plugin_is_under_40_lines() -> None:
+    toml, python = _minimal_plugin()
+    assert len(toml.splitlines()) + len(python.splitlines()) < 40
+
+
+def _load_minimal_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, ModuleType]:
+    toml, python = _minimal_plugin()
+    project = tomllib.loads(toml)
+    ((_entry, module_name),) = project["project"]["entry-points"]["ipt"].items()
+    assert project["tool"]["setuptools"]["py-modules"] == [module_name]
+    assert "ipt-framework" in project["project"]["dependencies"]
+    (tmp_path / f"{module_name}.py").write_text(python)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module_name, raising=False)
+    return project, importlib.import_module(module_name)
+
+
+def test_minimal_plugin_registers_a_valid_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project, module = _load_minimal_plugin(tmp_path, monkeypatch)
+    meta = project["project"]
+    (entry,) = meta["entry-points"]["ipt"]
+    registry = TaskRegistry(plugins=[(entry, module, meta["name"], meta["version"])])
+    assert registry.errors() == {}
+    (name,) = registry.names()
+    spec = registry.get(name)
+    assert (spec.distribution, spec.version) == (meta["name"], meta["version"])
+    kit.assert_spec_valid(spec)
+    kit.assert_degrade_range_and_shape(spec)
+    kit.assert_degrade_seeded(spec)
+    kit.assert_model_shapes(spec)
+    kit.assert_gradients_reach(spec)
+
+
+@pytest.mark.slow
+def test_minimal_plugin_installs_and_passes_the_kit(tmp_path: Path) -> None:
+    from plugin_helpers import PluginEnv
+
+    toml, python = _minimal_plugin()
+    meta = tomllib.loads(toml)["project"]
+    ((entry, module_name),) = meta["entry-points"]["ipt"].items()
+    project = tmp_path / meta["name"]
+    project.mkdir()
+    (project / "pyproject.toml").write_text(toml)
+    (project / f"{module_name}.py").write_text(python)
+    env = PluginEnv.create(tmp_path / "venv")
+    env.pip_install(project, workdir=tmp_path / "build")
+    code = f"from ipt.testing import check_task_plugin; check_task_plugin({entry!r}, distribution={meta['name']!r})"
+    proc = env.run(["-c", code])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# -- commands and flags in the guide exist -----------------------------------------------------------------------
+def _parser(command: str) -> argparse.ArgumentParser:
+    module = pytest.importorskip(COMMANDS[command][0])
+    parser = argparse.ArgumentParser(prog=f"ipt {command}")
+    add = getattr(module, f"add_{command}_arguments", None) or module.add_arguments
+    add(parser)
+    return parser
+
+
+FLAG_RE = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*|-o)(?=[\s`,;)\]]|$)")
+
+
+@pytest.mark.parametrize(
+    ("command", "section"),
+    [("train", "Training and fine-tuning the pre-trained body"), ("eval", "Evaluating and restoring"),
+     ("restore", "Evaluating and restoring")],
+)
+def test_documented_flags_exist(command: str, section: str) -> None:
+    options = set(_parser(command)._option_string_actions)
+    text = _section(section).replace("\\\n", " ")  # join shell continuation lines
+    bullets = command == "train"  # the option bullets of the training section
+    lines = [ln for ln in text.splitlines() if f"ipt {command} " in ln or (bullets and ln.startswith("- `--"))]
+    if command == "train":  # the `accelerate launch core/train.py` lines take the same flags after the script
+        lines += [ln.split("core/train.py", 1)[1] for ln in text.splitlines() if "core/train.py" in ln]
+    flags = {f for ln in lines for f in FLAG_RE.findall(ln)}
+    assert flags, f"no {command} flags found in '{section}'"
+    assert flags <= options, f"documented but unknown to 'ipt {command}': {sorted(flags - options)}"

@@ -1,0 +1,181 @@
+"""The fast paths of the model compute the same function as plain fp32 code and as the official architecture.
+
+Attention (SDPA, fused QKV, task embedding projected once) is checked against attention written out here by hand;
+half precision against fp32 within bf16 rounding; whole models against spandrel's copy of the official IPT with
+the same weights (fp64), forward and gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ipt.core.bench import build_reference, to_official_state_dict
+from ipt.core.config import preset
+from ipt.core.model import IPT, Attention
+
+TASKS = ["sr2", "sr3", "denoise30"]
+
+
+def plain_attention(x: torch.Tensor, w_qkv: torch.Tensor, w_out: torch.Tensor, heads: int,
+                    q_add: torch.Tensor | None = None, k_add: torch.Tensor | None = None,
+                    kv: torch.Tensor | None = None) -> torch.Tensor:
+    """Textbook multi-head attention: q = (x + q_add) Wq, k = (m + k_add) Wk, v = m Wv with m = kv or x."""
+    d = x.shape[-1]
+    m = x if kv is None else kv
+    wq, wk, wv = w_qkv[:d], w_qkv[d : 2 * d], w_qkv[2 * d :]
+    q = (x if q_add is None else x + q_add) @ wq.T
+    k = (m if k_add is None else m + k_add) @ wk.T
+    v = m @ wv.T
+    b, n, _ = q.shape
+    dh = d // heads
+    q, k, v = (t.reshape(b, -1, heads, dh).transpose(1, 2) for t in (q, k, v))
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), dim=-1)
+    out = (weights @ v).transpose(1, 2).reshape(b, n, d)
+    return out @ w_out.T
+
+
+@pytest.fixture(scope="module")
+def attn() -> Attention:
+    torch.manual_seed(0)
+    return Attention(48, 4).double().eval()
+
+
+def test_self_attention_matches_plain(attn: Attention) -> None:
+    x = torch.randn(3, 20, 48, dtype=torch.float64)
+    e = torch.randn(20, 48, dtype=torch.float64)
+    w, wo = attn.qkv.weight, attn.proj.weight
+    with torch.no_grad():
+        assert torch.allclose(attn(x), plain_attention(x, w, wo, 4), atol=1e-12, rtol=0)
+        # The task embedding is projected once, then added: W(x + e) = Wx + We.
+        assert torch.allclose(attn(x, qk_embed=e), plain_attention(x, w, wo, 4, q_add=e, k_add=e), atol=1e-12, rtol=0)
+
+
+def test_cross_attention_matches_plain(attn: Attention) -> None:
+    x = torch.randn(2, 20, 48, dtype=torch.float64)
+    mem = torch.randn(2, 20, 48, dtype=torch.float64)
+    e = torch.randn(20, 48, dtype=torch.float64)
+    with torch.no_grad():
+        got = attn.cross(x, mem, q_embed=e)
+    want = plain_attention(x, attn.qkv.weight, attn.proj.weight, 4, q_add=e, kv=mem)
+    assert torch.allclose(got, want, atol=1e-12, rtol=0)
+
+
+def test_fused_residual_matches_separate_add(attn: Attention) -> None:
+    """The residual accumulated inside the output projection's GEMM equals adding it afterwards."""
+    x = torch.randn(2, 20, 48, dtype=torch.float64)
+    r = torch.randn(2, 20, 48, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(attn(x, residual=r), r + attn(x), atol=1e-12, rtol=0)
+        mem = torch.randn(2, 20, 48, dtype=torch.float64)
+        assert torch.allclose(attn.cross(x, mem, residual=r), r + attn.cross(x, mem), atol=1e-12, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def tiny64() -> IPT:
+    torch.manual_seed(0)
+    return IPT(preset("tiny"), TASKS).double().eval()
+
+
+@pytest.mark.parametrize("index,task", list(enumerate(TASKS)))
+def test_matches_official_architecture_fp64(tiny64: IPT, index: int, task: str) -> None:
+    pytest.importorskip("spandrel")
+    ref = build_reference(tiny64, TASKS).eval()  # strict=True load of the converted state dict
+    ref.set_scale(index)
+    x = torch.rand(2, 3, 48, 48, dtype=torch.float64) * 255
+    with torch.no_grad():
+        ours, theirs = tiny64(x, task), ref(x)
+    assert ours.shape == theirs.shape
+    assert (ours - theirs).abs().max().item() <= 1e-6
+
+
+def test_gradients_match_official_architecture_fp64(tiny64: IPT) -> None:
+    """Training goes through the same fast paths (fused residuals, SDPA): L1 gradients equal the official ones."""
+    pytest.importorskip("spandrel")
+    model = copy.deepcopy(tiny64).train()
+    ref = build_reference(model, TASKS).train()
+    ref.set_scale(0)
+    x = torch.rand(2, 3, 48, 48, dtype=torch.float64) * 255
+    target = torch.rand(2, 3, 96, 96, dtype=torch.float64) * 255
+    F.l1_loss(model(x, "sr2"), target).backward()
+    F.l1_loss(ref(x), target).backward()
+    ref_grads = {k: p.grad for k, p in ref.named_parameters() if p.grad is not None}
+    ours = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+    mapped = to_official_state_dict(_as_module_with(model, ours), TASKS)
+    for key, grad in ref_grads.items():
+        if key == "body.query_embed.weight":
+            grad = grad[0]  # only task 0 gets a gradient
+            mine = mapped[key][0]
+        else:
+            mine = mapped[key]
+        assert torch.allclose(mine, grad, atol=1e-9, rtol=1e-7), key
+
+
+def _as_module_with(model: IPT, tensors: dict[str, torch.Tensor]) -> IPT:
+    """A copy of ``model`` whose parameters hold ``tensors`` (zeros where a parameter had no gradient)."""
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in clone.named_parameters():
+            p.copy_(tensors.get(name, torch.zeros_like(p)))
+    return clone
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return 10 * math.log10(255**2 / mse) if mse > 0 else float("inf")
+
+
+def test_bf16_autocast_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    model = IPT(preset("tiny"), ["sr2"]).eval()
+    x = torch.rand(2, 3, 48, 48) * 255
+    with torch.inference_mode():
+        fp32 = model(x, "sr2")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(x, "sr2")
+    assert bf16.dtype == torch.float32  # the mean shift brings the output back to fp32
+    # bf16 keeps 8 mantissa bits: ~0.4% relative error per op, far below one 8-bit grey level on average.
+    assert _psnr(bf16, fp32) > 40
+
+
+def test_bf16_training_step_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    model = IPT(preset("tiny"), ["denoise30"]).train()
+    x = torch.rand(2, 3, 48, 48) * 255
+    target = torch.rand(2, 3, 48, 48) * 255
+    grads = []
+    for dtype in (None, torch.bfloat16):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = model(x, "denoise30")
+        F.l1_loss(out.float(), target).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    cos = F.cosine_similarity(grads[0], grads[1], dim=0).item()
+    assert cos > 0.99
+
+
+def test_channels_last_matches() -> None:
+    torch.manual_seed(0)
+    model = IPT(preset("tiny"), ["sr2"]).eval()
+    x = torch.rand(2, 3, 48, 48) * 255
+    with torch.inference_mode():
+        want = model(x, "sr2")
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        got = cl(x.contiguous(memory_format=torch.channels_last), "sr2")
+    assert torch.allclose(got, want, atol=1e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager() -> None:
+    torch.manual_seed(0)
+    model = IPT(preset("tiny"), ["sr2"]).eval()
+    x = torch.rand(2, 3, 48, 48) * 255
+    compiled = torch.compile(model, fullgraph=True)  # fullgraph: the forward must have no graph breaks
+    with torch.inference_mode():
+        want = model(x, "sr2")
+        got = compiled(x, "sr2")
+    assert torch.allclose(got, want, atol=2e-3, rtol=0)
