@@ -194,7 +194,9 @@ def _error_line(exc: ValidationError, cli_keys: set[str], yaml_path: str | None)
     return f"{name}: {msg}{shown}{more}"
 
 
-def build_model(model: type[M], values: dict[str, Any], cli_keys: set[str] = frozenset(), source: str | None = None) -> M:
+def build_model(
+    model: type[M], values: dict[str, Any], cli_keys: set[str] = frozenset(), source: str | None = None
+) -> M:
     """Validate ``values`` as ``model``; errors become one :class:`ConfigError` line naming the flag/key."""
     try:
         return model.model_validate(values)

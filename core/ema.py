@@ -38,7 +38,8 @@ class EMA:
         missing, unexpected = set(self.shadow) - set(state), set(state) - set(self.shadow)
         if missing or unexpected:
             raise ValueError(
-                f"EMA state does not match the model (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+                f"EMA state does not match the model "
+                f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
             )
         for name, t in state.items():
             self.shadow[name].copy_(t)

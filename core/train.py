@@ -63,7 +63,7 @@ class TrainingStopped(RuntimeError):
     """Training stopped on purpose (too many non-finite losses); a checkpoint was saved."""
 
 
-# -- small pieces ------------------------------------------------------------------------------------------------
+# -- small pieces --------------------------------------------------------------------------------------------------
 class MicroBatchSchedule:
     """The task of data step ``i`` when each optimizer step consumes ``accum`` data steps (all of one task)."""
 
@@ -123,7 +123,7 @@ def resolved_config(cfg: TrainConfig, total: int, decay_at: int | None) -> Train
     )
 
 
-# -- model ----------------------------------------------------------------------------------------------------------
+# -- model ---------------------------------------------------------------------------------------------------------
 def build_model(cfg: TrainConfig) -> tuple[IPT, list[str]]:
     """The model to train and notes on what was kept/added (fine-tuning).
 
@@ -165,7 +165,7 @@ def build_model(cfg: TrainConfig) -> tuple[IPT, list[str]]:
     return model, notes
 
 
-# -- checkpoints ------------------------------------------------------------------------------------------------------
+# -- checkpoints ---------------------------------------------------------------------------------------------------
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints of a run, oldest first (temporary folders of interrupted saves are ignored)."""
     root = Path(run_dir) / CHECKPOINTS
@@ -191,7 +191,9 @@ def find_checkpoint(resume: str, run_dir: Path) -> Path:
     found = list_checkpoints(path)
     if found:
         return found[-1][1]
-    raise FileNotFoundError(f"--resume {resume}: not a checkpoint (step-N folder with model/ and state/) or run directory")
+    raise FileNotFoundError(
+        f"--resume {resume}: not a checkpoint (step-N folder with model/ and state/) or a run directory with one"
+    )
 
 
 def check_resume_compatible(cfg: TrainConfig, checkpoint: Path) -> None:
@@ -232,7 +234,7 @@ def make_accelerator(cfg: TrainConfig) -> Any:
     )
 
 
-# -- the trainer --------------------------------------------------------------------------------------------------------
+# -- the trainer ---------------------------------------------------------------------------------------------------
 @dataclass
 class StepStats:
     """Losses summed on the device between two log steps (read back once per log step)."""
@@ -410,7 +412,7 @@ class Trainer:
         return out
 
 
-# -- the run ----------------------------------------------------------------------------------------------------------------
+# -- the run -------------------------------------------------------------------------------------------------------
 def _plugin_versions(model: IPT) -> dict[str, Any]:
     import accelerate
 
@@ -550,7 +552,9 @@ def train(cfg: TrainConfig) -> Path:
             step = trainer.state.step
             expected = schedule.task_at(step)
             if batch["task"] != expected:
-                raise RuntimeError(f"step {step}: data pipeline gave task {batch['task']!r}, schedule says {expected!r}")
+                raise RuntimeError(
+                    f"step {step}: data pipeline gave task {batch['task']!r}, schedule says {expected!r}"
+                )
             if trace is not None:
                 trace.write(json.dumps({"step": step, "task": batch["task"],
                                         "checksum": float(batch["hr"].double().sum())}) + "\n")
@@ -609,7 +613,7 @@ def train(cfg: TrainConfig) -> Path:
     return final
 
 
-# -- command line ----------------------------------------------------------------------------------------------------------------
+# -- command line --------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``ipt train`` (one per :class:`TrainConfig` field, plus ``--config``)."""
     parser.description = (

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ipt.core.config import PRESETS, ModelConfig, preset
+from ipt.core.config import ModelConfig, preset
 
 PRETRAIN_LR = 5e-5
 FINETUNE_LR = 2e-5
@@ -30,7 +30,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=False)
 
     # -- what to train --------------------------------------------------------------------------------------
-    tasks: list[str] = Field(..., min_length=1, description="Tasks to train, e.g. sr2,sr3,sr4,denoise30,denoise50,derain")
+    tasks: list[str] = Field(
+        ..., min_length=1, description="Tasks to train, e.g. sr2,sr3,sr4,denoise30,denoise50,derain"
+    )
     preset: Literal["tiny", "small", "paper"] = Field(
         "tiny", description="Model size preset (paper = the 115M-parameter model of the paper)"
     )
@@ -64,7 +66,8 @@ class TrainConfig(BaseModel):
         1, ge=1, description="Crops per image that make one epoch: steps/epoch = ceil(images*crops/global batch)"
     )
     lr: float | None = Field(
-        None, gt=0, description=f"Learning rate (none = {PRETRAIN_LR:g} for pre-training, {FINETUNE_LR:g} with --init-from)"
+        None, gt=0,
+        description=f"Learning rate (none = {PRETRAIN_LR:g} for pre-training, {FINETUNE_LR:g} with --init-from)",
     )
     lr_decay_steps: int | None = Field(
         None, ge=0, description="Step at which lr is multiplied by --lr-decay-gamma "
@@ -104,7 +107,9 @@ class TrainConfig(BaseModel):
     )
     seed: int = Field(0, description="Seed of the task schedule, crops, degradations and initialisation")
     log_every: int = Field(10, ge=1, description="Log (JSONL, trackers, progress bar) every N steps")
-    val_every: int = Field(200, ge=0, description="Validate (PSNR per task on held-out patches) every N steps; 0 = never")
+    val_every: int = Field(
+        200, ge=0, description="Validate (PSNR per task on held-out patches) every N steps; 0 = never"
+    )
     val_patches: int = Field(8, ge=1, description="Held-out validation patches per task")
     report_to: list[str] = Field(
         default_factory=list, description="Accelerate trackers: tensorboard, wandb, ... (none = JSONL log only)"

@@ -220,10 +220,11 @@ def test_ipt_train_cli_with_example_config(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"final model saved to {run / 'model'}" in proc.stderr and "mixed precision bf16" in proc.stderr
-    assert [t.name for t in read_config(run / "model").tasks] == ["sr2", "sr3", "sr4", "denoise30", "denoise50", "derain"]
+    six = ["sr2", "sr3", "sr4", "denoise30", "denoise50", "derain"]
+    assert [t.name for t in read_config(run / "model").tasks] == six
     assert [s for s, _ in list_checkpoints(run)] == [2]  # --keep-last 1
     val = [r for r in records(run) if r.get("validation")]
-    assert len(val) == 1 and set(val[0]["psnr"]) == {"sr2", "sr3", "sr4", "denoise30", "denoise50", "derain"}
+    assert len(val) == 1 and set(val[0]["psnr"]) == set(six)
     assert all(5 < v < 60 for v in val[0]["psnr"].values())
 
 
@@ -231,9 +232,9 @@ def test_two_processes_same_task_every_step(tmp_path: Path) -> None:
     run = tmp_path / "run"
     # accelerate 1.x starts several CPU processes through its torchrun path (--multi_gpu); `--cpu --num_processes 2`
     # alone runs a single process unless an MPI hostfile is given. The trainer picks the gloo backend itself.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "core/train.py", "--tasks", "sr2,derain",
-           *FAST_FLAGS, "--max-steps", "4", "--seed", "3", "--output-dir", str(run), "--val-every", "0"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "core/train.py", "--tasks", "sr2,derain", *FAST_FLAGS, "--max-steps", "4", "--seed", "3", "--output-dir", str(run), "--val-every", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     traces = [[json.loads(x) for x in (run / f"trace-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
