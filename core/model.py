@@ -41,28 +41,137 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim, bias=False)
+        self.packed = PackedWeights()
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        # q, k, v: (B, N, D) -> heads (B, H, N, D/H)
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        # q, k, v: (B, N, D) -> heads (B, H, N, D/H); views, no copies
         q, k, v = (rearrange(t, "b n (h d) -> b h n d", h=self.num_heads) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+        # SDPA returns (B, H, N, D/H) laid out as (B, N, H, D/H), so merging the heads back is a view too.
+        out = rearrange(out, "b h n d -> b n (h d)")
+        return linear(out, self.proj.weight, residual=residual, packed=self.packed, name="proj")
 
-    def forward(self, x: torch.Tensor, qk_embed: torch.Tensor | None = None) -> torch.Tensor:
-        """Self-attention with q = k = x + qk_embed and v = x."""
-        qkv = self.qkv(x)  # (B, N, 3D)
+    def forward(
+        self, x: torch.Tensor, qk_embed: torch.Tensor | None = None, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Self-attention with q = k = x + qk_embed and v = x; plus ``residual`` if given (fused into the GEMM)."""
+        w = self.qkv.weight
+        qkv = linear(x, w, packed=self.packed, name="qkv")  # (B, N, 3D)
         q, k, v = qkv.chunk(3, dim=-1)
         if qk_embed is not None:
-            eq, ek = F.linear(qk_embed, self.qkv.weight[: 2 * self.dim]).chunk(2, dim=-1)  # (N, D) each
+            eq, ek = linear(qk_embed, w[: 2 * self.dim], packed=self.packed, name="qk").chunk(2, dim=-1)  # (N, D)
             q, k = q + eq, k + ek
-        return self._attend(q, k, v)
+        return self._attend(q, k, v, residual)
 
-    def cross(self, x: torch.Tensor, memory: torch.Tensor, q_embed: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-attention with q = x + q_embed and k = v = memory."""
+    def cross(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        q_embed: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Cross-attention with q = x + q_embed and k = v = memory; plus ``residual`` if given."""
         w = self.qkv.weight
-        q = F.linear(x if q_embed is None else x + q_embed, w[: self.dim])
-        k, v = F.linear(memory, w[self.dim :]).chunk(2, dim=-1)
-        return self._attend(q, k, v)
+        q = linear(x if q_embed is None else x + q_embed, w[: self.dim], packed=self.packed, name="q")  # (B, N, D)
+        k, v = linear(memory, w[self.dim :], packed=self.packed, name="kv").chunk(2, dim=-1)  # (B, N, D) each
+        return self._attend(q, k, v, residual)
+
+
+# --- linear layers: one entry point for the plain path and the CPU inference fast path --------------------------
+
+# oneDNN runs the GEMMs of this model markedly faster than the default BLAS on CPUs where MKL's own kernels are not
+# tuned (measured: benchmarks/RESULTS.md) once each weight is re-laid-out ("packed") for it, and fuses the bias,
+# ReLU and residual add into the GEMM. Used without autograd only (inference), on CPU, for fp32 or bf16 autocast,
+# and never inside torch.compile (Inductor packs weights itself). Set to False to measure the plain path.
+ONEDNN_INFERENCE = True
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype the oneDNN inference path computes ``x``'s linear layers in, or None for the plain path."""
+    if not (ONEDNN_INFERENCE and _HAS_ONEDNN_LINEAR) or x.device.type != "cpu" or torch.is_grad_enabled():
+        return None
+    if torch.compiler.is_compiling():
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
+    return x.dtype if x.dtype in (torch.float32, torch.bfloat16) else None
+
+
+class PackedWeights:
+    """oneDNN-packed copies of a module's weights for inference, rebuilt whenever a weight changes.
+
+    Not part of the state dict; a deep copy starts empty (packed tensors are opaque). Costs one extra copy of the
+    weights in memory while a model runs inference on CPU.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, torch.dtype], tuple[tuple[int, int, int], torch.Tensor]] = {}
+
+    def get(self, name: str, weight: torch.Tensor, dtype: torch.dtype, rows: int) -> torch.Tensor:
+        # new storage, in-place update (inference tensors have no version counter), another slice
+        stamp = (weight.data_ptr(), 0 if weight.is_inference() else weight._version, weight.shape[0])
+        hit = self._entries.get((name, dtype))
+        if hit is None or hit[0] != stamp:
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype).contiguous(), rows)
+            hit = self._entries[(name, dtype)] = (stamp, packed)
+        return hit[1]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __deepcopy__(self, memo: dict) -> "PackedWeights":
+        return PackedWeights()
+
+    def __getstate__(self) -> dict:
+        return {"_entries": {}}
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    relu: bool = False,
+    residual: torch.Tensor | None = None,
+    packed: PackedWeights | None = None,
+    name: str = "",
+) -> torch.Tensor:
+    """``[residual +] [relu](x @ weight.T [+ bias])`` for x (..., K), weight (M, K) -> (..., M).
+
+    Plain path: ``F.linear``; in full precision a bias-free product accumulates straight into the residual
+    (``addmm`` with beta=1: one pass over the activations and one temporary fewer). Under autocast the product is in
+    half precision and the add stays separate, so the residual stream keeps fp32 (``addmm`` would round it).
+    Inference on CPU (no autograd) with ``packed``: oneDNN with the cached packed weight and fused epilogues.
+    """
+    lead, k = x.shape[:-1], x.shape[-1]
+    fast = _onednn_dtype(x) if packed is not None else None
+    if fast is not None:
+        assert packed is not None
+        x2 = x.reshape(-1, k).to(fast)
+        w = packed.get(name, weight, fast, x2.shape[0])
+        b = None if bias is None else bias.to(fast)
+        if residual is not None and residual.dtype == fast and not relu:
+            y = torch.ops.mkldnn._linear_pointwise.binary(x2, residual.reshape(x2.shape[0], -1), w, b, "add")
+            return y.view(*lead, -1)
+        y = torch.ops.mkldnn._linear_pointwise(x2, w, b, "relu" if relu else "none", [], "").view(*lead, -1)
+        return y if residual is None else residual + y
+    half = torch.is_autocast_enabled(x.device.type)
+    if residual is not None and bias is None and not relu and not half and residual.dtype == x.dtype:
+        y = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, k), weight.t())
+        return y.view(residual.shape)
+    y = F.linear(x, weight, bias)
+    if relu:
+        y = F.relu(y, inplace=True)  # in place on the GEMM's fresh output (its backward needs only the result)
+    return y if residual is None else residual + y
+
+
+def mlp_forward(mlp: Mlp, x: torch.Tensor, residual: torch.Tensor, packed: PackedWeights, name: str) -> torch.Tensor:
+    """``residual + fc2(relu(fc1(x)))`` for timm's ``Mlp`` (ReLU, no norm); in training with dropout, timm's own."""
+    if mlp.training and (mlp.drop1.p > 0 or mlp.drop2.p > 0):
+        return residual + mlp(x)
+    h = linear(x, mlp.fc1.weight, mlp.fc1.bias, relu=True, packed=packed, name=f"{name}.fc1")  # (B, N, M)
+    return linear(h, mlp.fc2.weight, mlp.fc2.bias, residual=residual, packed=packed, name=f"{name}.fc2")
 
 
 class EncoderLayer(nn.Module):
@@ -75,10 +184,12 @@ class EncoderLayer(nn.Module):
         self.attn = Attention(d, cfg.num_heads, cfg.dropout)
         self.norm2 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.mlp = Mlp(d, cfg.mlp_dim, act_layer=nn.ReLU, drop=cfg.dropout)
+        self.packed = PackedWeights()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        # x: (B, N, D); the residual adds happen inside the output GEMMs (see ``linear``)
+        x = self.attn(self.norm1(x), residual=x)
+        return mlp_forward(self.mlp, self.norm2(x), x, self.packed, "mlp")
 
 
 class DecoderLayer(nn.Module):
@@ -93,12 +204,14 @@ class DecoderLayer(nn.Module):
         self.cross_attn = Attention(d, cfg.num_heads, cfg.dropout)
         self.norm3 = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
         self.mlp = Mlp(d, cfg.mlp_dim, act_layer=nn.ReLU, drop=cfg.dropout)
+        self.packed = PackedWeights()
 
     def forward(self, t: torch.Tensor, memory: torch.Tensor, task_embed: torch.Tensor) -> torch.Tensor:
-        t = t + self.self_attn(self.norm1(t), qk_embed=task_embed)
+        # t, memory: (B, N, D); task_embed: (N, D)
+        t = self.self_attn(self.norm1(t), qk_embed=task_embed, residual=t)
         # The official code attends to the raw encoder output (not normalised, no position embedding).
-        t = t + self.cross_attn.cross(self.norm2(t), memory, q_embed=task_embed)
-        return t + self.mlp(self.norm3(t))
+        t = self.cross_attn.cross(self.norm2(t), memory, q_embed=task_embed, residual=t)
+        return mlp_forward(self.mlp, self.norm3(t), t, self.packed, "mlp")
 
 
 class IPTBody(nn.Module):
@@ -114,20 +227,22 @@ class IPTBody(nn.Module):
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_dec_layers))
         self.mlp_head = Mlp(d, cfg.mlp_dim, act_layer=nn.ReLU, drop=cfg.dropout)
         self.grad_checkpointing = False
+        self.packed = PackedWeights()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def tokens(self, f: torch.Tensor, task_embed: torch.Tensor) -> torch.Tensor:
         """Feature map (B,C,S,S) -> decoded tokens (B,N,D) (the features of the contrastive loss)."""
         p = self.cfg.patch_dim
         x = rearrange(f, "b c (h p1) (w p2) -> b (h w) (c p1 p2)", p1=p, p2=p)  # (B, N, D), F.unfold order
-        x = self.linear_encoding(x) + x
+        enc = self.linear_encoding
+        x = linear(x, enc.weight, enc.bias, residual=x, packed=self.packed, name="linear_encoding")
         x = x + self.pos_embed
         for layer in self.encoder:
             x = self._run(layer, x)
         memory, t = x, x
         for layer in self.decoder:
             t = self._run(layer, t, memory, task_embed)
-        return self.mlp_head(t) + t
+        return mlp_forward(self.mlp_head, t, t, self.packed, "mlp_head")
 
     def fold(self, tokens: torch.Tensor) -> torch.Tensor:
         """Decoded tokens (B,N,D) -> feature map (B,C,S,S)."""

@@ -129,14 +129,14 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return 10 * math.log10(255**2 / mse) if mse > 0 else float("inf")
 
 
-def test_bf16_autocast_close_to_fp32() -> None:
+def test_bf16_autocast_close_to_fp32_with_grad() -> None:
     torch.manual_seed(0)
     model = IPT(preset("tiny"), ["sr2"]).eval()
     x = torch.rand(2, 3, 48, 48) * 255
-    with torch.inference_mode():
-        fp32 = model(x, "sr2")
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            bf16 = model(x, "sr2")
+    # Autograd on: the plain autocast path (the oneDNN path runs only without autograd).
+    fp32 = model(x, "sr2").detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = model(x, "sr2").detach()
     assert bf16.dtype == torch.float32  # the mean shift brings the output back to fp32
     # bf16 keeps 8 mantissa bits: ~0.4% relative error per op, far below one 8-bit grey level on average.
     assert _psnr(bf16, fp32) > 40
@@ -179,3 +179,53 @@ def test_torch_compile_matches_eager() -> None:
         want = model(x, "sr2")
         got = compiled(x, "sr2")
     assert torch.allclose(got, want, atol=2e-3, rtol=0)
+
+
+def _plain(model: IPT, x: torch.Tensor, task: str) -> torch.Tensor:
+    """The model's output with the oneDNN inference path switched off (plain F.linear / addmm)."""
+    import ipt.core.model as model_module
+
+    model_module.ONEDNN_INFERENCE = False
+    try:
+        return model(x, task)
+    finally:
+        model_module.ONEDNN_INFERENCE = True
+
+
+def test_onednn_inference_path_matches_plain_fp32() -> None:
+    torch.manual_seed(0)
+    model = IPT(preset("tiny"), ["sr2"]).eval()
+    x = torch.rand(3, 3, 48, 48) * 255
+    with torch.inference_mode():
+        fast, plain = model(x, "sr2"), _plain(model, x, "sr2")
+    # Same fp32 arithmetic, another summation order: differences at fp32 rounding level of 0-255 outputs.
+    assert (fast - plain).abs().max().item() <= 2e-3
+    assert len(model.body.packed._entries) > 0  # the fast path did run
+
+
+def test_packed_weights_follow_weight_updates() -> None:
+    """After an in-place update or a state-dict load, inference uses the new weights, not stale packed copies."""
+    torch.manual_seed(0)
+    model = IPT(preset("tiny"), ["denoise30"]).eval()
+    other = IPT(preset("tiny"), ["denoise30"]).eval()
+    x = torch.rand(2, 3, 48, 48) * 255
+    with torch.no_grad():
+        model(x, "denoise30")  # fills the packed-weight caches
+        for p in model.parameters():
+            p.mul_(0.5)
+        assert torch.allclose(model(x, "denoise30"), _plain(model, x, "denoise30"), atol=2e-3, rtol=0)
+        model.load_state_dict(other.state_dict())
+        assert torch.allclose(model(x, "denoise30"), _plain(other, x, "denoise30"), atol=2e-3, rtol=0)
+
+
+def test_onednn_bf16_autocast_close_to_fp32() -> None:
+    torch.manual_seed(0)
+    model = IPT(preset("tiny"), ["sr2"]).eval()
+    x = torch.rand(2, 3, 48, 48) * 255
+    with torch.inference_mode():
+        fp32 = _plain(model, x, "sr2")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = model(x, "sr2")
+            plain = _plain(model, x, "sr2")
+    assert _psnr(fast, fp32) > 40
+    assert _psnr(plain, fp32) > 40
