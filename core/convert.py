@@ -126,6 +126,11 @@ def read_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{path}: no such file")
     if not path.is_file():
         raise ConversionError(f"{path}: not a file; expected an official .pt checkpoint")
+    with path.open("rb") as fh:
+        magic = fh.read(2)
+    # torch.save writes a zip archive ("PK"), or a protocol-2+ pickle (0x80) in the legacy format.
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":
+        raise ConversionError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -384,3 +384,12 @@ def test_cli_refuses_unsafe_pickle_in_one_line(small_state: dict, tmp_path: Path
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "refusing to unpickle" in err
     assert not (tmp_path / "ran").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
+    from ipt.core.convert import ConversionError, read_official_checkpoint
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not weights")
+    with pytest.raises(ConversionError, match="notes.txt: not a PyTorch checkpoint"):
+        read_official_checkpoint(text)
