@@ -1,8 +1,9 @@
 """Dataset records -> RGB pixel tensors on the 0-255 scale, with a skip reason for images that cannot be used.
 
-Training data is messy: grey, alpha, palette, CMYK and 16-bit images are converted; corrupt or truncated files
-raise :class:`UnreadableImage` carrying a short ``reason`` that the data pipeline counts.  Reading single image
-files for inference (keeping alpha and 16-bit RGB) is :mod:`ipt.core.image_io`'s job.
+Training data is messy: grey, alpha, palette, CMYK and 16-bit images are converted (by
+:func:`ipt.core.image_io.pil_pixels`, shared with inference); corrupt or truncated files raise
+:class:`UnreadableImage` carrying a short ``reason`` that the data pipeline counts.  Reading single image files for
+inference (keeping alpha and 16-bit RGB) is :mod:`ipt.core.image_io`'s job.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 from PIL import ImageOps
+
+from ipt.core.image_io import UnsupportedImageMode, pil_pixels
 
 __all__ = [
     "CORRUPT",
@@ -44,41 +47,16 @@ class UnreadableImage(ValueError):
         self.detail = detail
 
 
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
-
-
 def _rgb_pixels(image: PILImage.Image) -> torch.Tensor:
     """``(3, H, W)`` pixels on the 0-255 scale: uint8 for 8-bit images (4x less cache memory), else float32."""
-    mode = image.mode
-    if mode in _SIXTEEN_BIT_MODES:
-        # 'I' is how Pillow opens 16-bit greyscale PNG/TIFF in some versions, so it is read as 16-bit too.
-        array = np.asarray(image).astype(np.float32) * (255.0 / 65535.0)
-        array = np.clip(array, 0.0, 255.0)
-    elif mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        if array.size and float(np.nanmax(array)) <= 1.0:  # float images are usually stored on 0..1
-            array = array * 255.0
-        array = np.clip(np.nan_to_num(array), 0.0, 255.0)
-    elif mode in ("L", "RGB"):
-        array = np.asarray(image)
-    elif mode == "1":
-        array = np.asarray(image.convert("L"))
-    elif mode in ("LA", "La"):
-        array = np.asarray(image)[..., 0]  # alpha dropped: the colour data is what is restored
-    elif mode in ("RGBA", "RGBa", "RGBX"):
-        array = np.asarray(image)[..., :3]
-    elif mode in ("P", "PA"):
-        array = np.asarray(image.convert("RGBA"))[..., :3]
-    else:  # CMYK, YCbCr, HSV, ...
-        try:
-            array = np.asarray(image.convert("RGB"))
-        except (ValueError, OSError) as exc:
-            raise UnreadableImage(UNSUPPORTED_MODE, f"image mode {mode!r} cannot be converted to RGB ({exc})") from exc
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise UnreadableImage(UNSUPPORTED_MODE, f"image mode {mode!r} gave pixels of shape {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    try:
+        samples = pil_pixels(image, keep_alpha=False)  # alpha dropped: the colour data is what is restored
+    except UnsupportedImageMode as exc:
+        raise UnreadableImage(UNSUPPORTED_MODE, str(exc)) from exc
+    chw = samples.array.transpose(2, 0, 1)
+    if chw.shape[0] == 1:
+        chw = np.broadcast_to(chw, (3, *chw.shape[1:]))
+    return torch.from_numpy(np.array(chw, order="C"))  # one writable copy (Pillow's arrays are read-only)
 
 
 def to_rgb_tensor(image: PILImage.Image) -> torch.Tensor:

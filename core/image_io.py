@@ -6,6 +6,8 @@
 * :func:`write_image` quantises to 8 or 16 bit and re-attaches an alpha channel, resizing it (bicubic) when the
   image changed size (super-resolution). Files are written under a temporary name and renamed.
 * :func:`iter_images` expands folders (sorted, non-recursive) into image files.
+* :func:`pil_pixels` is the one place that turns any PIL mode into grey/RGB samples on 0-255 (alpha optional); the
+  training data pipeline (:mod:`ipt.core.image_decode`) uses it too.
 
 Pillow decodes 16-bit RGB(A) PNG and TIFF files to 8 bit, so those go through torchvision's PNG decoder and
 tifffile (a dependency of scikit-image) instead; 16-bit PNGs are written by a small encoder here (Pillow cannot).
@@ -22,16 +24,23 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageReadError",
+    "UnsupportedImageMode",
     "LoadedImage",
+    "PilPixels",
+    "pil_pixels",
     "read_image",
     "image_size",
     "write_image",
@@ -43,6 +52,9 @@ __all__ = [
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _U16_TO_255 = 255.0 / 65535.0
+# 'I' (32-bit integers) is how Pillow opens 16-bit grey PNG/TIFF in some versions, so it is read as 16-bit too.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
 class ImageReadError(ValueError):
@@ -52,6 +64,10 @@ class ImageReadError(ValueError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"{path}: {reason}")
+
+
+class UnsupportedImageMode(ValueError):
+    """A PIL image whose mode cannot be converted to grey/RGB samples; ``str()`` names the mode."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,55 @@ def _from_array(arr: np.ndarray, scale: float, mode: str, bit_depth: int, path: 
     return LoadedImage(color.clone().clamp_(0, 255), None if alpha is None else alpha.clamp_(0, 255), bit_depth, mode)
 
 
+class PilPixels(NamedTuple):
+    """Samples of a PIL image: ``array`` ``(H, W, C)`` on 0-255, C = 1 grey, 2 grey+alpha, 3 RGB or 4 RGBA."""
+
+    array: np.ndarray  # uint8 when bit_depth == 8 (kept small for caches), else float32 clipped to [0, 255]
+    bit_depth: int  # 8, or 16 for 16-bit integer and float images
+    has_alpha: bool  # the last channel is (straight, not premultiplied) alpha
+
+
+def _float_samples_to_255(arr: np.ndarray) -> np.ndarray:
+    """Float samples -> float32 on [0, 255]; samples all <= 1 are taken as 0..1 (the usual float convention)."""
+    arr = np.nan_to_num(arr.astype(np.float32, copy=False))
+    if arr.size and float(arr.max()) <= 1.0:
+        arr = arr * 255.0
+    return np.clip(arr, 0.0, 255.0)
+
+
+def pil_pixels(im: PILImage, keep_alpha: bool = True) -> PilPixels:
+    """The samples of a decoded PIL image in any mode; see :class:`PilPixels`.
+
+    16-bit grey (``I;16*``, ``I``) is scaled by 255/65535, ``F`` by 255 when its samples lie in 0..1; ``1``,
+    palette, CMYK, YCbCr, ... are converted to 8-bit grey/RGB. With ``keep_alpha`` the alpha of RGBA/LA/PA
+    images and of images with a transparent colour is returned as the last channel (premultiplied ``RGBa``/``La``
+    are un-premultiplied); without it alpha is dropped. Raises :class:`UnsupportedImageMode`.
+    """
+    mode = im.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        arr = np.clip(np.asarray(im).astype(np.float32) * _U16_TO_255, 0.0, 255.0)
+        return PilPixels(arr[..., None], 16, False)
+    if mode == "F":
+        return PilPixels(_float_samples_to_255(np.asarray(im))[..., None], 16, False)
+    has_alpha = keep_alpha and (mode in _ALPHA_MODES or "transparency" in im.info)
+    try:
+        if mode == "La":  # Pillow converts premultiplied grey to nothing but LA
+            im, mode = im.convert("LA"), "LA"
+        if mode in ("L", "RGB") and not has_alpha:
+            arr = np.asarray(im)
+        elif mode == "LA":
+            arr = np.asarray(im)[..., : 2 if has_alpha else 1]
+        else:
+            arr = np.asarray(im.convert("RGBA" if has_alpha else "L" if mode == "1" else "RGB"))
+    except (ValueError, OSError) as exc:
+        raise UnsupportedImageMode(f"image mode {mode!r} cannot be converted to RGB ({exc})") from None
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or arr.shape[2] not in ((1, 2, 3, 4) if has_alpha else (1, 3)):
+        raise UnsupportedImageMode(f"image mode {mode!r} gave pixels of shape {arr.shape}")
+    return PilPixels(arr, 8, has_alpha)
+
+
 def _read_png16(path: Path, colour_type: int) -> LoadedImage:
     try:
         with warnings.catch_warnings():
@@ -124,8 +189,7 @@ def _read_tiff_deep(path: Path) -> LoadedImage:
     if arr.dtype == np.uint8:
         return _from_array(arr, 1.0, "TIFF;uint8", 8, path)
     if np.issubdtype(arr.dtype, np.floating):
-        scale = 255.0 if float(np.nanmax(arr)) <= 1.0 else 1.0
-        return _from_array(arr, scale, f"TIFF;{arr.dtype}", 16, path)
+        return _from_array(_float_samples_to_255(arr), 1.0, f"TIFF;{arr.dtype}", 16, path)
     raise ImageReadError(path, f"unsupported TIFF sample type {arr.dtype}")
 
 
@@ -140,19 +204,11 @@ def _read_pil(path: Path) -> LoadedImage:
         raise ImageReadError(path, "not an image file Pillow can identify") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(path, f"cannot decode image ({exc})") from None
-    mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return _from_array(np.asarray(im).astype(np.float32), _U16_TO_255, mode, 16, path)
-    if mode == "I":  # 32-bit integer samples: Pillow's container for 16-bit grey
-        return _from_array(np.asarray(im).astype(np.float32), _U16_TO_255, mode, 16, path)
-    if mode == "F":
-        arr = np.asarray(im).astype(np.float32)
-        return _from_array(arr, 255.0 if float(np.nanmax(arr)) <= 1.0 else 1.0, mode, 16, path)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
-    if mode in ("L", "1") and not has_alpha:
-        return _from_array(np.asarray(im.convert("L")), 1.0, mode, 8, path)
-    target = "RGBA" if has_alpha else "RGB"
-    return _from_array(np.asarray(im.convert(target)), 1.0, mode, 8, path)
+    try:
+        pixels = pil_pixels(im, keep_alpha=True)
+    except UnsupportedImageMode as exc:
+        raise ImageReadError(path, str(exc)) from None
+    return _from_array(pixels.array, 1.0, im.mode, pixels.bit_depth, path)
 
 
 def read_image(path: str | Path) -> LoadedImage:
