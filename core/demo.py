@@ -25,7 +25,8 @@ LABEL_H = 18
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="model directory (default: the bundled model)")
     parser.add_argument("--photo", default=HELD_OUT[0], help=f"packaged photo to use (default: {HELD_OUT[0]}, held out of training)")
-    parser.add_argument("--out", type=Path, default=Path("ipt-demo"), help="folder for demo.png (default: ./ipt-demo)")
+    parser.add_argument("-o", "--out", "--output", dest="out", type=Path, default=Path("ipt-demo"),
+                        help="folder for demo.png (default: ./ipt-demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the degradations")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
 
@@ -103,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": str(model_dir), "photo": args.photo, "picture": str(picture), "tasks": results}, indent=2))
         return 0
-    print(f"model: {model_dir}  photo: {args.photo} (centre {CROP}x{CROP}, held out of training)")
+    held = "held out of training" if args.photo in HELD_OUT else "a TRAINING photo of the bundled model: optimistic scores"
+    print(f"model: {model_dir}  photo: {args.photo} (centre {CROP}x{CROP}, {held})")
     print(f"{'task':<10} {'input PSNR':>10} {'output PSNR':>11} {'baseline PSNR':>13}  baseline")
     for r in results:
         print(f"{r['task']:<10} {r['input_psnr']:>10.2f} {r['output_psnr']:>11.2f} {r['baseline_psnr']:>13.2f}  {r['baseline']}")

@@ -205,9 +205,12 @@ def evaluate_pairs(
         if restored.shape != clean.shape:
             raise ValueError(f"{name}: restored image is {tuple(restored.shape)}, clean image {tuple(clean.shape)}")
         restored = quantize(restored)
-        per_image[name] = _score(restored, clean, spec)
-        if baseline:
-            base_scores[name] = _score(baseline_image(degraded, spec.scale), clean, spec)
+        try:
+            per_image[name] = _score(restored, clean, spec)
+            if baseline:
+                base_scores[name] = _score(baseline_image(degraded, spec.scale), clean, spec)
+        except ValueError as exc:  # e.g. an image too small for SSIM's 11x11 window after the border crop
+            raise ValueError(f"{name}: cannot be scored: {exc}") from exc
         if save is not None:
             write_image(save / f"{name}.png", restored)
         if on_image is not None:

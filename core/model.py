@@ -229,6 +229,23 @@ class IPTBody(nn.Module):
         self.grad_checkpointing = False
         self.packed = PackedWeights()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.register_load_state_dict_post_hook(lambda module, keys: module.clear_inference_cache())
+
+    def clear_inference_cache(self) -> None:
+        """Drop the oneDNN-packed weight copies; they are rebuilt on the next CPU inference call.
+
+        Called on ``.to()``/``.half()``/``load_state_dict``; call it yourself after writing weights through
+        ``param.data`` (such writes bypass the version counter the cache checks).
+        """
+        for module in self.modules():
+            packed = getattr(module, "packed", None)
+            if isinstance(packed, PackedWeights):
+                packed.clear()
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        # Moving or casting the weights makes the packed copies stale (and would keep CPU memory alive).
+        self.clear_inference_cache()
+        return super()._apply(fn, recurse)
 
     def tokens(self, f: torch.Tensor, task_embed: torch.Tensor) -> torch.Tensor:
         """Feature map (B,C,S,S) -> decoded tokens (B,N,D) (the features of the contrastive loss)."""
@@ -364,6 +381,10 @@ class IPT(nn.Module):
         from ipt.core.pretrained import load_pretrained
 
         return load_pretrained(directory, tasks=tasks)
+
+    def clear_inference_cache(self) -> None:
+        """See :meth:`IPTBody.clear_inference_cache`."""
+        self.body.clear_inference_cache()
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

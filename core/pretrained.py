@@ -90,7 +90,21 @@ def saved_config(model: torch.nn.Module, **extra: Any) -> SavedModelConfig:
 
 
 def save_pretrained(model: torch.nn.Module, directory: str | Path, **extra: Any) -> Path:
-    """Write ``model`` as a model directory. ``extra`` keys are stored in ``config.json`` (e.g. ``training``)."""
+    """Write ``model`` as a model directory. ``extra`` keys are stored in ``config.json`` (e.g. ``training``).
+
+    The directory is replaced as a whole, so a folder that holds anything else is refused rather than emptied.
+    """
+    directory = Path(directory).resolve()
+    if directory.is_dir():
+        foreign = sorted(p.name for p in directory.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise CheckpointError(
+                f"{directory}: refusing to replace a folder that holds other files ({shown}); "
+                "save the model into a new or empty folder"
+            )
+    elif directory.exists():
+        raise CheckpointError(f"{directory}: exists and is not a folder")
     cfg = saved_config(model, **extra)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
 
@@ -127,6 +141,12 @@ def resolve_tasks(cfg: SavedModelConfig, names: Sequence[str], source: str) -> l
         except UnknownTaskError as exc:
             entry = entries.get(name)
             dist = entry.distribution if entry and entry.distribution else None
+            info = registry.plugins.get(entry.plugin) if entry and entry.plugin else None
+            if info is not None and info.disabled:
+                raise MissingPluginError(
+                    f"{source}: task {name!r} needs plugin {info.name!r} ({info.distribution}), "
+                    f"which is disabled by IPT_DISABLE_PLUGINS"
+                ) from exc
             if dist:
                 raise MissingPluginError(
                     f"{source}: task {name!r} needs the plugin distribution {dist!r} "
@@ -170,7 +190,9 @@ def load_pretrained(
             raise CheckpointError(
                 f"{directory}: the model has no task {', '.join(map(repr, absent))}; it has: {', '.join(saved)}"
             )
-    specs = resolve_tasks(cfg, saved, str(directory))
+    # Only the kept tasks need their plugins: loading sr2 from a multi-task model works without the others.
+    kept = list(tasks) if tasks is not None else saved
+    specs = resolve_tasks(cfg, kept, str(directory))
     model = IPT(cfg.architecture, specs)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
@@ -179,8 +201,11 @@ def load_pretrained(
         state = load_file(str(weights), device=str(map_location))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CheckpointError(f"{weights}: cannot read safetensors file: {exc}") from exc
+    dropped = [t for t in saved if t not in kept]
+    if dropped:
+        own = tuple(f"{part}.{t}." for t in dropped for part in ("heads", "tails"))
+        embeds = {f"task_embed.{t}" for t in dropped}
+        state = {k: v for k, v in state.items() if not k.startswith(own) and k not in embeds}
     check_state_dict(model.state_dict(), state, str(weights))
     model.load_state_dict(state, strict=True)
-    if tasks is not None:
-        model.keep_tasks(list(tasks))
     return model

@@ -108,6 +108,16 @@ class TrainState:
             self.ema.load_state_dict(load_file(str(path)))
 
 
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep only the records of steps <= ``step`` (atomically), so a resumed run does not log steps twice."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
 def _say(accelerator: Any, message: str) -> None:
     if accelerator.is_main_process:
         from tqdm.auto import tqdm
@@ -141,10 +151,9 @@ def build_model(cfg: TrainConfig) -> tuple[IPT, list[str]]:
                 f"--init-from {cfg.init_from}: its architecture differs from --preset {cfg.preset} "
                 f"{cfg.model or ''}; leave out --preset/--model when fine-tuning (the checkpoint defines the model)"
             )
-        model = IPT.from_pretrained(cfg.init_from)
-        had = model.task_names
+        had = [t.name for t in saved.tasks]
         kept = [t for t in cfg.tasks if t in had]
-        model.keep_tasks(kept)
+        model = IPT.from_pretrained(cfg.init_from, tasks=kept)  # dropped tasks need no plugin
         for t in cfg.tasks:
             if t not in had:
                 model.add_task(t)
@@ -485,6 +494,8 @@ def train(cfg: TrainConfig) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         (run_dir / "config.yaml").write_text(dump_yaml(resolved))
         (run_dir / "plugins.json").write_text(json.dumps(_plugin_versions(trainer.unwrapped), indent=2) + "\n")
+        if checkpoint is not None:
+            _truncate_log(run_dir / "log.jsonl", start)  # records past the checkpoint are about to be redone
     if cfg.report_to:
         flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                 for k, v in resolved.model_dump(mode="json").items()}
@@ -513,7 +524,7 @@ def train(cfg: TrainConfig) -> Path:
     _say(acc, f"{acc.num_processes} process(es) on {acc.device}, mixed precision {acc.mixed_precision}; "
               f"{trainer.unwrapped.num_parameters():,} parameters; tasks {', '.join(cfg.tasks)}; "
               f"{num_images if num_images is not None else 'streamed'} training images; steps {start}->{total}, "
-              f"lr {cfg.base_lr:g}" + (f" (x{cfg.lr_decay_gamma:g} at step {decay_at})" if decay_at else ""))
+              f"lr {cfg.base_lr:g}" + (f" (x{cfg.lr_decay_gamma:g} after step {decay_at})" if decay_at else ""))
     for note in notes:
         _say(acc, note)
 

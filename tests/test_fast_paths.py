@@ -229,3 +229,34 @@ def test_onednn_bf16_autocast_close_to_fp32() -> None:
             plain = _plain(model, x, "sr2")
     assert _psnr(fast, fp32) > 40
     assert _psnr(plain, fp32) > 40
+
+
+def test_inference_cache_is_dropped_on_to_and_on_request() -> None:
+    """Writes through ``.data`` bypass the cache's version check: ``clear_inference_cache`` and ``.to()`` fix it."""
+    import ipt.core.model as model_mod
+    from ipt.core.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", ["denoise30"]).eval()
+    x = torch.rand(1, 3, 48, 48) * 255
+
+    def plain() -> torch.Tensor:
+        old, model_mod.ONEDNN_INFERENCE = model_mod.ONEDNN_INFERENCE, False
+        try:
+            with torch.inference_mode():
+                return model(x, "denoise30")
+        finally:
+            model_mod.ONEDNN_INFERENCE = old
+
+    with torch.inference_mode():
+        model(x, "denoise30")  # fills the cache where the oneDNN path is available
+    for p in model.body.parameters():
+        p.data.mul_(1.01)
+    model.clear_inference_cache()
+    with torch.inference_mode():
+        assert (model(x, "denoise30") - plain()).abs().max() < 5e-3
+    for p in model.body.parameters():
+        p.data.mul_(1.01)
+    model.double().float()
+    with torch.inference_mode():
+        assert (model(x, "denoise30") - plain()).abs().max() < 5e-3

@@ -98,3 +98,29 @@ def test_save_is_atomic_and_replaces(saved: tuple[IPT, Path]) -> None:
     with pytest.raises(Boom):
         model.save_pretrained(path)
     assert IPT.from_pretrained(path).task_names == ["sr2", "denoise30", "denoise70"]  # old copy intact
+
+
+def test_loading_some_tasks_needs_only_their_plugins(saved: tuple[IPT, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipt.registry.manager import reset_registry
+
+    model, path = saved
+    monkeypatch.setenv("IPT_DISABLE_PLUGINS", "sr")
+    reset_registry()
+    try:
+        loaded = IPT.from_pretrained(path, tasks=["denoise30"]).eval()
+        x = torch.rand(1, 3, 48, 48) * 255
+        with torch.no_grad():
+            assert torch.equal(loaded(x, "denoise30"), model(x, "denoise30"))
+        with pytest.raises(MissingPluginError, match="needs plugin 'sr'.*disabled by IPT_DISABLE_PLUGINS"):
+            IPT.from_pretrained(path)
+    finally:
+        monkeypatch.delenv("IPT_DISABLE_PLUGINS")
+        reset_registry()
+
+
+def test_save_refuses_to_wipe_other_files(saved: tuple[IPT, Path]) -> None:
+    model, path = saved
+    (path / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="holds other files \\(notes.txt\\)"):
+        model.save_pretrained(path)
+    assert (path / "notes.txt").read_text() == "mine"

@@ -244,3 +244,11 @@ def test_two_processes_same_task_every_step(tmp_path: Path) -> None:
     assert all(a["checksum"] != b["checksum"] for a, b in zip(*traces))  # each rank its own crops
     assert "2 process(es)" in proc.stderr and (run / "model" / "model.safetensors").is_file()
     assert (run / "checkpoints" / "step-4" / "state" / "random_states_1.pkl").is_file()
+
+
+def test_resume_from_an_older_checkpoint_does_not_log_steps_twice(tmp_path: Path) -> None:
+    common = dict(tasks=["denoise30"], max_steps=3, save_every=1, keep_last=5)
+    train(cfg(tmp_path, **common))
+    assert [r["step"] for r in records(tmp_path) if not r.get("validation")] == [1, 2, 3]
+    train(cfg(tmp_path, resume=str(tmp_path / "checkpoints" / "step-1"), **common))
+    assert [r["step"] for r in records(tmp_path) if not r.get("validation")] == [1, 2, 3]
