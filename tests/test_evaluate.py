@@ -13,20 +13,11 @@ import torch
 from ipt.cli import main
 from ipt.core.evaluate import evaluate_pairs
 from ipt.core.image_io import read_image, write_image
-from ipt.core.model import build_model
 from ipt.core.pairing import PairingError, detect_layout
 from ipt.core.resize import bicubic_degrade, imresize
 from ipt.core.tiling import count_tiles, official_tile_count
 
 KEYS = {"task", "n", "psnr_y", "ssim_y", "psnr_rgb", "per_image", "protocol", "tiles", "seconds"}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("model") / "tiny"
-    build_model("tiny", ["sr2", "denoise30"]).save_pretrained(d)
-    return d
 
 
 def _photo(h: int, w: int, seed: int) -> torch.Tensor:

@@ -12,16 +12,8 @@ from PIL import Image
 
 from ipt.cli import main
 from ipt.core.image_io import read_image, write_image
-from ipt.core.model import IPT, build_model
+from ipt.core.model import IPT
 from ipt.core.tiling import TiledRestorer
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("model") / "tiny"
-    build_model("tiny", ["sr2", "denoise30"]).save_pretrained(d)
-    return d
 
 
 def _rgb(h: int, w: int, seed: int) -> torch.Tensor:
