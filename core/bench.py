@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipt.core.config import PRESETS, ModelConfig, preset
+from ipt.core.convert import official_name
 
 SECTIONS = ("ceiling", "forward", "train", "restore", "memory")
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -122,8 +123,8 @@ def to_official_state_dict(model: nn.Module, task_order: Sequence[str] | None = 
     """Our :class:`~ipt.core.model.IPT` state dict in the official layout (``head.<i>``, ``body.encoder.layers``,
     ``in_proj_weight``, one ``query_embed`` row per task, the mean-shift convs), task ``i`` = ``task_order[i]``.
 
-    The inverse of the converter's mapping; loading the result into the official model with ``strict=True``
-    gives the same function.
+    Uses the converter's name mapping (:func:`ipt.core.convert.official_name`); loading the result into the
+    official model with ``strict=True`` gives the same function.
     """
     tasks = list(task_order if task_order is not None else model.task_names)
     cfg: ModelConfig = model.config
@@ -133,38 +134,14 @@ def to_official_state_dict(model: nn.Module, task_order: Sequence[str] | None = 
     eye = torch.eye(3).view(3, 3, 1, 1)
     out["sub_mean.weight"], out["sub_mean.bias"] = eye.clone(), -mean
     out["add_mean.weight"], out["add_mean.bias"] = eye.clone(), mean.clone()
-    for i, task in enumerate(tasks):
-        for part, official in (("heads", "head"), ("tails", "tail")):
-            prefix = f"{part}.{task}."
-            for key, value in ours.items():
-                if key.startswith(prefix):
-                    out[f"{official}.{i}.{key[len(prefix):]}"] = value
-    out["body.query_embed.weight"] = torch.stack([ours[f"task_embed.{t}"].reshape(-1) for t in tasks])
-    out["body.position_encoding.pe.weight"] = ours["body.pos_embed"]
-    out["body.position_encoding.position_ids"] = torch.arange(cfg.num_tokens).expand(1, -1)
-    renames = (
-        (".attn.qkv.weight", ".self_attn.in_proj_weight"),
-        (".attn.proj.", ".self_attn.out_proj."),
-        (".self_attn.qkv.weight", ".self_attn.in_proj_weight"),
-        (".self_attn.proj.", ".self_attn.out_proj."),
-        (".cross_attn.qkv.weight", ".multihead_attn.in_proj_weight"),
-        (".cross_attn.proj.", ".multihead_attn.out_proj."),
-        (".mlp.fc1.", ".linear1."),
-        (".mlp.fc2.", ".linear2."),
-    )
+    index = {t: i for i, t in enumerate(tasks)}
     for key, value in ours.items():
-        if key.startswith(("body.encoder.", "body.decoder.")):
-            stack, index, rest = key.split(".", 3)[1:]
-            rest = "." + rest
-            for old, new in renames:
-                if rest.startswith(old):
-                    rest = new + rest[len(old):]
-                    break
-            out[f"body.{stack}.layers.{index}{rest}"] = value
-        elif key.startswith("body.mlp_head."):
-            out[key.replace(".fc1.", ".0.").replace(".fc2.", ".3.")] = value
-        elif key.startswith("body.linear_encoding."):
-            out[key] = value
+        group, _, rest = key.partition(".")
+        if group == "task_embed" or (group in ("heads", "tails") and rest.partition(".")[0] not in index):
+            continue  # task embeddings are stacked below; tasks outside task_order are left out
+        out[official_name(key, index)] = value
+    out["body.query_embed.weight"] = torch.stack([ours[f"task_embed.{t}"].reshape(-1) for t in tasks])
+    out["body.position_encoding.position_ids"] = torch.arange(cfg.num_tokens).expand(1, -1)
     return out
 
 

@@ -31,7 +31,6 @@ __all__ = [
     "InferenceOptions",
     "resolve_device",
     "resolve_dtype",
-    "resolve_model_dir",
     "load_task_model",
     "TaskRestorer",
 ]
@@ -75,19 +74,9 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-def resolve_model_dir(model_dir: str | Path | None) -> Path:
-    """``model_dir`` itself, or the bundled model's directory when none is given."""
-    if model_dir is not None:
-        return Path(model_dir)
-    try:
-        from ipt.core.bundled import bundled_model_dir
-    except ImportError:
-        raise ValueError("no --model given and no bundled model installed") from None
-    return Path(bundled_model_dir())
-
-
 def load_task_model(model_dir: str | Path | None, task: str, device: torch.device | str = "cpu") -> "IPT":
     """Load a model directory keeping only ``task`` (an error lists the tasks the model has), in eval mode."""
+    from ipt.core.bundled import resolve_model_dir
     from ipt.core.model import IPT
 
     directory = resolve_model_dir(model_dir)

@@ -87,9 +87,12 @@ def test_model_without_task_lists_its_tasks(model_dir: Path, inputs: Path, tmp_p
 
 def test_missing_model_without_bundled(inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "ipt.core.bundled", None)  # import fails as if not installed
+    import ipt.core.bundled as bundled
+
+    monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path / "no-weights")  # an installation without weights
     rc = main(["restore", "--task", "sr2", str(inputs), "-o", str(tmp_path / "o")])
-    assert rc == 2 and "no --model given and no bundled model installed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "no bundled model in" in err and "pass --model" in err
 
 
 def test_bad_inputs_are_clear(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
