@@ -10,6 +10,7 @@ official checkpoints convert 1:1; attention runs through ``scaled_dot_product_at
 
 from __future__ import annotations
 
+import difflib
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
@@ -344,8 +345,10 @@ class IPT(nn.Module):
 
     def _check_task(self, task: str) -> None:
         if task not in self.heads:
+            close = difflib.get_close_matches(task, self.task_names, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise UnknownModelTaskError(
-                f"this model has no task {task!r}; it has: {', '.join(self.task_names) or 'none'}"
+                f"this model has no task {task!r}{hint}; it has: {', '.join(self.task_names) or 'none'}"
             )
 
     # -- forward -------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -187,8 +188,10 @@ def load_pretrained(
     if tasks is not None:
         absent = [t for t in tasks if t not in saved]
         if absent:
+            close = [m for t in absent for m in difflib.get_close_matches(t, saved, n=1, cutoff=0.6)]
+            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
             raise CheckpointError(
-                f"{directory}: the model has no task {', '.join(map(repr, absent))}; it has: {', '.join(saved)}"
+                f"{directory}: the model has no task {', '.join(map(repr, absent))}{hint}; it has: {', '.join(saved)}"
             )
     # Only the kept tasks need their plugins: loading sr2 from a multi-task model works without the others.
     kept = list(tasks) if tasks is not None else saved

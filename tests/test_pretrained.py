@@ -124,3 +124,11 @@ def test_save_refuses_to_wipe_other_files(saved: tuple[IPT, Path]) -> None:
     with pytest.raises(CheckpointError, match="holds other files \\(notes.txt\\)"):
         model.save_pretrained(path)
     assert (path / "notes.txt").read_text() == "mine"
+
+
+def test_a_mistyped_task_gets_a_suggestion(saved: tuple[IPT, Path]) -> None:
+    model, path = saved
+    with pytest.raises(CheckpointError, match="no task 'denoise3O' \\(did you mean 'denoise30'\\?\\)"):
+        IPT.from_pretrained(path, tasks=["denoise3O"])
+    with pytest.raises(KeyError, match="did you mean 'sr2'"):
+        model(torch.zeros(1, 3, 48, 48), "sr2x")
