@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import ipt.core.model as model_module
 from ipt.core.bench import make_optimizer, median_ratio, time_interleaved
 from ipt.core.config import PRESETS, preset
+from ipt.core.fused_linear import onednn_paths
 from ipt.core.model import IPT
 
 
@@ -82,6 +83,13 @@ def ideas(model: IPT, x: torch.Tensor, task: str) -> dict[str, tuple[str, Callab
 
         return run
 
+    def without_onednn(fn: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            with onednn_paths(inference=False):
+                return fn()
+
+        return run
+
     def bf16(m: IPT = model, inp: torch.Tensor = x) -> Callable[[], object]:
         def run() -> object:
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -101,7 +109,7 @@ def ideas(model: IPT, x: torch.Tensor, task: str) -> dict[str, tuple[str, Callab
     return {
         "sdpa": ("SDPA (flash kernel) vs attention with materialised weights", with_patch("F", _sdpa_patch()), fwd),
         "onednn": ("oneDNN linear layers on packed weights (fused bias/ReLU/residual) vs default BLAS (F.linear)",
-                   with_patch("ONEDNN_INFERENCE", False), fwd),
+                   without_onednn(fwd), fwd),
         "residual": ("residual add fused into the projection GEMMs vs a separate add (on top of oneDNN)",
                      with_patch("linear", unfused_linear), fwd),
         "bf16": ("bf16 autocast vs fp32", fwd, bf16()),
@@ -114,11 +122,12 @@ def train_ideas(model: IPT, x: torch.Tensor, task: str) -> dict[str, tuple[str, 
     scale = model.scale(task)
     target = torch.rand(x.shape[0], 3, x.shape[2] * scale, x.shape[3] * scale) * 255
 
-    def step(m: IPT, opt: torch.optim.Optimizer, autocast: bool = False) -> Callable[[], object]:
+    def step(m: IPT, opt: torch.optim.Optimizer, autocast: bool = False, onednn: bool = True) -> Callable[[], object]:
         def run() -> object:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                out = m(x, task)
-            F.l1_loss(out.float(), target).backward()
+            with onednn_paths(training=onednn):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    out = m(x, task)
+                F.l1_loss(out.float(), target).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             return None
@@ -127,7 +136,12 @@ def train_ideas(model: IPT, x: torch.Tensor, task: str) -> dict[str, tuple[str, 
 
     a, b = copy.deepcopy(model).train(), copy.deepcopy(model).train()
     c, d = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    e, f = copy.deepcopy(model).train(), copy.deepcopy(model).train()
     return {
+        "onednn_train": ("training step, fp32: oneDNN forward + input-gradient GEMMs with fused epilogues "
+                         "(OneDNNLinearFunction) vs F.linear/addmm autograd (MKL)",
+                         step(e, make_optimizer(e.parameters(), 1e-4), onednn=False),
+                         step(f, make_optimizer(f.parameters(), 1e-4))),
         "fused_adam": ("training step: fused Adam vs default (for-loop/foreach) Adam",
                        step(a, torch.optim.Adam(a.parameters(), lr=1e-4)), step(b, make_optimizer(b.parameters(), 1e-4))),
         "train_bf16": ("training step: bf16 autocast vs fp32 (both fused Adam)",

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ipt.core.config import ModelConfig
+from ipt.core.fused_linear import PackedWeights, linear
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
@@ -76,95 +77,6 @@ class Attention(nn.Module):
         q = linear(x if q_embed is None else x + q_embed, w[: self.dim], packed=self.packed, name="q")  # (B, N, D)
         k, v = linear(memory, w[self.dim :], packed=self.packed, name="kv").chunk(2, dim=-1)  # (B, N, D) each
         return self._attend(q, k, v, residual)
-
-
-# --- linear layers: one entry point for the plain path and the CPU inference fast path --------------------------
-
-# oneDNN runs the GEMMs of this model markedly faster than the default BLAS on CPUs where MKL's own kernels are not
-# tuned (measured: benchmarks/RESULTS.md) once each weight is re-laid-out ("packed") for it, and fuses the bias,
-# ReLU and residual add into the GEMM. Used without autograd only (inference), on CPU, for fp32 or bf16 autocast,
-# and never inside torch.compile (Inductor packs weights itself). Set to False to measure the plain path.
-ONEDNN_INFERENCE = True
-_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-def _onednn_dtype(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype the oneDNN inference path computes ``x``'s linear layers in, or None for the plain path."""
-    if not (ONEDNN_INFERENCE and _HAS_ONEDNN_LINEAR) or x.device.type != "cpu" or torch.is_grad_enabled():
-        return None
-    if torch.compiler.is_compiling():
-        return None
-    if torch.is_autocast_enabled("cpu"):
-        return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
-    return x.dtype if x.dtype in (torch.float32, torch.bfloat16) else None
-
-
-class PackedWeights:
-    """oneDNN-packed copies of a module's weights for inference, rebuilt whenever a weight changes.
-
-    Not part of the state dict; a deep copy starts empty (packed tensors are opaque). Costs one extra copy of the
-    weights in memory while a model runs inference on CPU.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[str, torch.dtype], tuple[tuple[int, int, int], torch.Tensor]] = {}
-
-    def get(self, name: str, weight: torch.Tensor, dtype: torch.dtype, rows: int) -> torch.Tensor:
-        # new storage, in-place update (inference tensors have no version counter), another slice
-        stamp = (weight.data_ptr(), 0 if weight.is_inference() else weight._version, weight.shape[0])
-        hit = self._entries.get((name, dtype))
-        if hit is None or hit[0] != stamp:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dtype).contiguous(), rows)
-            hit = self._entries[(name, dtype)] = (stamp, packed)
-        return hit[1]
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def __deepcopy__(self, memo: dict) -> "PackedWeights":
-        return PackedWeights()
-
-    def __getstate__(self) -> dict:
-        return {"_entries": {}}
-
-
-def linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    relu: bool = False,
-    residual: torch.Tensor | None = None,
-    packed: PackedWeights | None = None,
-    name: str = "",
-) -> torch.Tensor:
-    """``[residual +] [relu](x @ weight.T [+ bias])`` for x (..., K), weight (M, K) -> (..., M).
-
-    Plain path: ``F.linear``; in full precision a bias-free product accumulates straight into the residual
-    (``addmm`` with beta=1: one pass over the activations and one temporary fewer). Under autocast the product is in
-    half precision and the add stays separate, so the residual stream keeps fp32 (``addmm`` would round it).
-    Inference on CPU (no autograd) with ``packed``: oneDNN with the cached packed weight and fused epilogues.
-    """
-    lead, k = x.shape[:-1], x.shape[-1]
-    fast = _onednn_dtype(x) if packed is not None else None
-    if fast is not None:
-        assert packed is not None
-        x2 = x.reshape(-1, k).to(fast)
-        w = packed.get(name, weight, fast, x2.shape[0])
-        b = None if bias is None else bias.to(fast)
-        if residual is not None and residual.dtype == fast and not relu:
-            y = torch.ops.mkldnn._linear_pointwise.binary(x2, residual.reshape(x2.shape[0], -1), w, b, "add")
-            return y.view(*lead, -1)
-        y = torch.ops.mkldnn._linear_pointwise(x2, w, b, "relu" if relu else "none", [], "").view(*lead, -1)
-        return y if residual is None else residual + y
-    half = torch.is_autocast_enabled(x.device.type)
-    if residual is not None and bias is None and not relu and not half and residual.dtype == x.dtype:
-        y = torch.addmm(residual.reshape(-1, residual.shape[-1]), x.reshape(-1, k), weight.t())
-        return y.view(residual.shape)
-    y = F.linear(x, weight, bias)
-    if relu:
-        y = F.relu(y, inplace=True)  # in place on the GEMM's fresh output (its backward needs only the result)
-    return y if residual is None else residual + y
 
 
 def mlp_forward(mlp: Mlp, x: torch.Tensor, residual: torch.Tensor, packed: PackedWeights, name: str) -> torch.Tensor:

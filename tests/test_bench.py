@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ipt.cli import main
 from ipt.core.bench import flops_per_patch, median_ratio, to_official_state_dict
 from ipt.core.config import preset
+from ipt.core.fused_linear import onednn_paths
 from ipt.core.model import IPT
 
 
@@ -28,14 +29,15 @@ def test_paper_flops_per_patch() -> None:
 def test_flops_match_torch_flop_counter(task: str) -> None:
     """Counted by torch for a batch of 2 minus a batch of 1: per-call work (the task-embedding projection) cancels.
 
-    Autograd stays on, so the plain aten path runs (the flop counter does not see oneDNN's inference kernels), and
-    attention takes SDPA's math backend (explicit matmuls: the counter does not count the CPU flash kernel).
+    The plain aten path runs (the flop counter does not count oneDNN's kernels), and attention takes SDPA's math
+    backend (explicit matmuls: the counter does not count the CPU flash kernel).
     """
     cfg = preset("tiny", num_enc_layers=1, num_dec_layers=2)
     model = IPT(cfg, [task]).eval()
     counts = []
     for b in (1, 2):
-        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        with onednn_paths(inference=False, training=False), sdpa_kernel(SDPBackend.MATH), \
+                FlopCounterMode(display=False) as counter:
             model(torch.rand(b, 3, 48, 48) * 255, task)
         counts.append(counter.get_total_flops())
     assert counts[1] - counts[0] == flops_per_patch(cfg, model.scale(task))

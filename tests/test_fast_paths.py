@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from ipt.core.bench import build_reference, to_official_state_dict
 from ipt.core.config import preset
+from ipt.core import fused_linear
+from ipt.core.fused_linear import onednn_paths
 from ipt.core.model import IPT, Attention
 
 TASKS = ["sr2", "sr3", "denoise30"]
@@ -183,13 +185,8 @@ def test_torch_compile_matches_eager() -> None:
 
 def _plain(model: IPT, x: torch.Tensor, task: str) -> torch.Tensor:
     """The model's output with the oneDNN inference path switched off (plain F.linear / addmm)."""
-    import ipt.core.model as model_module
-
-    model_module.ONEDNN_INFERENCE = False
-    try:
+    with onednn_paths(inference=False):
         return model(x, task)
-    finally:
-        model_module.ONEDNN_INFERENCE = True
 
 
 def test_onednn_inference_path_matches_plain_fp32() -> None:
@@ -233,7 +230,6 @@ def test_onednn_bf16_autocast_close_to_fp32() -> None:
 
 def test_inference_cache_is_dropped_on_to_and_on_request() -> None:
     """Writes through ``.data`` bypass the cache's version check: ``clear_inference_cache`` and ``.to()`` fix it."""
-    import ipt.core.model as model_mod
     from ipt.core.model import build_model
 
     torch.manual_seed(0)
@@ -241,12 +237,8 @@ def test_inference_cache_is_dropped_on_to_and_on_request() -> None:
     x = torch.rand(1, 3, 48, 48) * 255
 
     def plain() -> torch.Tensor:
-        old, model_mod.ONEDNN_INFERENCE = model_mod.ONEDNN_INFERENCE, False
-        try:
-            with torch.inference_mode():
-                return model(x, "denoise30")
-        finally:
-            model_mod.ONEDNN_INFERENCE = old
+        with onednn_paths(inference=False), torch.inference_mode():
+            return model(x, "denoise30")
 
     with torch.inference_mode():
         model(x, "denoise30")  # fills the cache where the oneDNN path is available
@@ -260,3 +252,101 @@ def test_inference_cache_is_dropped_on_to_and_on_request() -> None:
     model.double().float()
     with torch.inference_mode():
         assert (model(x, "denoise30") - plain()).abs().max() < 5e-3
+
+
+# --- the oneDNN training path (fp32 CPU with autograd) -------------------------------------------------------------
+
+needs_onednn = pytest.mark.skipif(not fused_linear._HAS_ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")
+
+
+def _grads(fn, *tensors: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:  # noqa: ANN001
+    for t in tensors:
+        t.grad = None
+    y = fn()
+    # a non-uniform upstream gradient, so that every term of the backward is exercised
+    y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+    return y.detach(), [None if t.grad is None else t.grad.clone() for t in tensors]
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("epilogue", ["none", "relu", "residual", "relu+residual"])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed_input", "weight_slice", "frozen_input"])
+def test_onednn_training_linear_matches_autograd(bias: bool, epilogue: str, layout: str) -> None:
+    torch.manual_seed(0)
+    big = torch.randn(40, 24)
+    w = (big[:16] if layout == "weight_slice" else torch.randn(16, 24)).requires_grad_()
+    b = torch.randn(16).requires_grad_() if bias else None
+    x = (torch.randn(2, 24, 9).transpose(1, 2) if layout == "transposed_input" else torch.randn(2, 9, 24))
+    x.requires_grad_(layout != "frozen_input")
+    r = torch.randn(2, 9, 16).requires_grad_() if "residual" in epilogue else None
+    relu = "relu" in epilogue
+    leaves = [t for t in (x, w, b, r) if t is not None]
+
+    def want() -> torch.Tensor:
+        y = F.linear(x, w, b)
+        y = F.relu(y) if relu else y
+        return y if r is None else r + y
+
+    def got() -> torch.Tensor:
+        y = fused_linear.linear(x, w, b, relu=relu, residual=r)
+        assert "OneDNNLinearFunction" in type(y.grad_fn).__name__ or (relu and r is not None)
+        return y
+
+    y_want, g_want = _grads(want, *leaves)
+    y_got, g_got = _grads(got, *leaves)
+    assert torch.allclose(y_got, y_want, atol=1e-5, rtol=1e-5)
+    for t, a, e in zip(leaves, g_got, g_want):
+        if not t.requires_grad:
+            continue
+        assert a is not None and e is not None
+        assert torch.allclose(a, e, atol=1e-5, rtol=1e-5)
+
+
+def _model_grads(model: IPT, x: torch.Tensor, target: torch.Tensor, onednn: bool) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    with onednn_paths(training=onednn):  # backward too: checkpointing recomputes the forward there
+        F.l1_loss(model(x, "sr2"), target).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@needs_onednn
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_onednn_training_path_gives_the_plain_gradients(checkpointing: bool) -> None:
+    """A whole training step's gradients: oneDNN training path == F.linear autograd, up to fp32 rounding."""
+    torch.manual_seed(0)
+    model = IPT(preset("tiny"), ["sr2", "denoise30"]).train()
+    model.body.grad_checkpointing = checkpointing
+    x = torch.rand(2, 3, 48, 48) * 255
+    target = torch.rand(2, 3, 96, 96) * 255
+    plain = _model_grads(model, x, target, onednn=False)
+    fast = _model_grads(model, x, target, onednn=True)
+    assert plain.keys() == fast.keys() and len(plain) > 0
+    assert not any(n.startswith(("heads.denoise30", "tails.denoise30")) for n in fast)  # only the task's own parts
+    for name, g in plain.items():
+        scale = g.abs().max().item() + 1e-12
+        assert (fast[name] - g).abs().max().item() <= 1e-4 * scale, name
+
+
+@needs_onednn
+def test_onednn_training_path_is_used_and_can_be_switched_off() -> None:
+    torch.manual_seed(0)
+    model = IPT(preset("tiny"), ["sr2"]).train()
+    x = torch.rand(1, 3, 48, 48) * 255
+
+    def graph_nodes(out: torch.Tensor) -> set[str]:
+        seen, todo, names = set(), [out.grad_fn], set()
+        while todo:
+            node = todo.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            names.add(type(node).__name__)
+            todo.extend(n for n, _ in node.next_functions)
+        return names
+
+    assert any("OneDNNLinearFunction" in n for n in graph_nodes(model(x, "sr2")))
+    with onednn_paths(training=False):
+        assert not any("OneDNNLinearFunction" in n for n in graph_nodes(model(x, "sr2")))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast training keeps the plain (autocast) path
+        assert not any("OneDNNLinearFunction" in n for n in graph_nodes(model(x, "sr2")))
