@@ -5,7 +5,8 @@ Shapes, for the ``paper`` preset (C=64 feature channels, P=3 patch dim, a 48x48 
     -> tokens (B,N,D) -> fold -> (B,C,48,48) + f -> tail -> (B,3,48*s,48*s)
 
 Layout and numerics follow the official Pretrained-IPT code (``../shared/official/ARCHITECTURE.md``) so that
-official checkpoints convert 1:1; attention runs through ``scaled_dot_product_attention`` with fused projections.
+official checkpoints convert 1:1; attention runs through ``scaled_dot_product_attention`` with fused projections,
+and every linear layer through :func:`ipt.core.fused_linear.linear` (which picks the fastest GEMM path per call).
 """
 
 from __future__ import annotations
