@@ -7,12 +7,12 @@ uses for them; it picks, per call:
   in a :class:`PackedWeights`, with bias/ReLU/residual fused into the GEMM;
 * **CPU training in fp32** (autograd on): :class:`OneDNNLinearFunction`, oneDNN for the forward product and for the
   input gradient (``grad @ W``, read through a transposed view of the weight, no copy), MKL for the weight
-  gradient, where it is the faster kernel; no packing, since weights change every step;
+  gradient, where oneDNN is no faster; no packing, since weights change every step;
 * **everything else** (CUDA, autocast training, ``torch.compile``, other dtypes): ``F.linear`` / ``addmm``.
 
-Why: on the CPUs we measured (``benchmarks/RESULTS.md``) oneDNN runs IPT's ``(1024 x 576) @ (576 x 2304)``-type
-products 5-15% faster than the default BLAS and fuses the epilogues, which saves whole passes over the
-activations. All paths compute the same fp32 function up to summation order (tested in ``tests/test_fast_paths.py``).
+Why: on the CPU we measured (AMD EPYC Zen 4, ``benchmarks/RESULTS.md``) oneDNN runs IPT's
+``(1024 x 576) @ (576 x 2304)``-type products 5-20% faster than the default BLAS (MKL) and fuses the epilogues, which
+saves whole passes over the activations; on other CPUs, check with ``benchmarks/ablate.py --only onednn,onednn_train``. All paths compute the same fp32 function up to summation order (tested in ``tests/test_fast_paths.py``).
 The oneDNN ops are PyTorch's private ``torch.ops.mkldnn`` linear ops (the ones Inductor uses); they are feature-
 detected, and the module-level switches below turn each path off (for measuring, or if a build misbehaves).
 """
