@@ -14,21 +14,25 @@ Why: on the CPU we measured (AMD EPYC Zen 4, ``benchmarks/RESULTS.md``) oneDNN r
 ``(1024 x 576) @ (576 x 2304)``-type products 5-20% faster than the default BLAS (MKL) and fuses the epilogues, which
 saves whole passes over the activations; on other CPUs, check with ``benchmarks/ablate.py --only onednn,onednn_train``. All paths compute the same fp32 function up to summation order (tested in ``tests/test_fast_paths.py``).
 The oneDNN ops are PyTorch's private ``torch.ops.mkldnn`` linear ops (the ones Inductor uses); they are feature-
-detected, and the module-level switches below turn each path off (for measuring, or if a build misbehaves).
+detected, and the module-level switches below (or ``IPT_ONEDNN=0``) turn them off, for measuring or if a build
+misbehaves.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-#: Use oneDNN with packed weights for CPU inference (no autograd).
-ONEDNN_INFERENCE = True
+_OFF = {"0", "off", "false", "no"}
+#: Use oneDNN with packed weights for CPU inference (no autograd). ``IPT_ONEDNN=0`` in the environment turns both
+#: paths off for a whole run (the plain ``F.linear`` path then computes everything).
+ONEDNN_INFERENCE = os.environ.get("IPT_ONEDNN", "1").strip().lower() not in _OFF
 #: Use :class:`OneDNNLinearFunction` for fp32 CPU training (autograd on).
-ONEDNN_TRAINING = True
+ONEDNN_TRAINING = ONEDNN_INFERENCE
 _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 

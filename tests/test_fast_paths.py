@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -350,3 +353,11 @@ def test_onednn_training_path_is_used_and_can_be_switched_off() -> None:
         assert not any("OneDNNLinearFunction" in n for n in graph_nodes(model(x, "sr2")))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast training keeps the plain (autocast) path
         assert not any("OneDNNLinearFunction" in n for n in graph_nodes(model(x, "sr2")))
+
+
+def test_ipt_onednn_environment_variable_turns_the_paths_off() -> None:
+    code = "import ipt.core.fused_linear as f; print(f.ONEDNN_INFERENCE, f.ONEDNN_TRAINING)"
+    for value, want in (("0", "False False"), ("off", "False False"), ("1", "True True")):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "IPT_ONEDNN": value},
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == want, value
