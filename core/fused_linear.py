@@ -65,7 +65,7 @@ def _onednn_inference_dtype(x: torch.Tensor) -> torch.dtype | None:
 def _onednn_training_applies(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None
 ) -> bool:
-    """True where :class:`OneDNNLinearFunction` computes this call (fp32 CPU with autograd, not compiled)."""
+    """True where :class:`OneDNNLinearFunction` computes this call (fp32 CPU with grad mode on, not compiled)."""
     if not (ONEDNN_TRAINING and _HAS_ONEDNN_LINEAR) or not torch.is_grad_enabled() or x.device.type != "cpu":
         return False
     if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu") or x.numel() == 0:
@@ -75,7 +75,8 @@ def _onednn_training_applies(
         return False
     if residual is not None and residual.shape != (*x.shape[:-1], weight.shape[0]):
         return False  # a broadcast residual is added outside the GEMM
-    return any(t.requires_grad for t in tensors)
+    # Also when nothing requires grad (a frozen model outside no_grad): then it is just the unpacked oneDNN forward.
+    return True
 
 
 class PackedWeights:
