@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only.split(",")) if args.only else None
     results = []
     groups = [(ideas(model, x, args.task), True), (train_ideas(model, x, args.task), False)]
+    known = [name for table, _ in groups for name in table]
+    if only and only - set(known):
+        p.error(f"--only: unknown idea(s) {', '.join(sorted(only - set(known)))}; known: {', '.join(known)}")
     for table, inference in groups:
         for name, (desc, before, after) in table.items():
             if only and name not in only:

@@ -22,15 +22,28 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-_OFF = {"0", "off", "false", "no"}
+
+def _env_switch(name: str, default: bool = True) -> bool:
+    """An on/off environment variable; an unrecognised value keeps the default and says so."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("0", "off", "false", "no"):
+        return False
+    if value in ("", "1", "on", "true", "yes"):
+        return default if value == "" else True
+    warnings.warn(f"{name}={value!r} is neither on (1/on/true/yes) nor off (0/off/false/no); using "
+                  f"{'on' if default else 'off'}", stacklevel=2)
+    return default
+
+
 #: Use oneDNN with packed weights for CPU inference (no autograd). ``IPT_ONEDNN=0`` in the environment turns both
 #: paths off for a whole run (the plain ``F.linear`` path then computes everything).
-ONEDNN_INFERENCE = os.environ.get("IPT_ONEDNN", "1").strip().lower() not in _OFF
+ONEDNN_INFERENCE = _env_switch("IPT_ONEDNN")
 #: Use :class:`OneDNNLinearFunction` for fp32 CPU training (autograd on).
 ONEDNN_TRAINING = ONEDNN_INFERENCE
 _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -262,7 +263,7 @@ def test_inference_cache_is_dropped_on_to_and_on_request() -> None:
 needs_onednn = pytest.mark.skipif(not fused_linear._HAS_ONEDNN_LINEAR, reason="this torch build has no oneDNN linear")
 
 
-def _grads(fn, *tensors: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:  # noqa: ANN001
+def _grads(fn: Callable[[], torch.Tensor], *tensors: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     for t in tensors:
         t.grad = None
     y = fn()
@@ -357,7 +358,8 @@ def test_onednn_training_path_is_used_and_can_be_switched_off() -> None:
 
 def test_ipt_onednn_environment_variable_turns_the_paths_off() -> None:
     code = "import ipt.core.fused_linear as f; print(f.ONEDNN_INFERENCE, f.ONEDNN_TRAINING)"
-    for value, want in (("0", "False False"), ("off", "False False"), ("1", "True True")):
-        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "IPT_ONEDNN": value},
-                             capture_output=True, text=True, check=True).stdout.strip()
-        assert out == want, value
+    for value, want in (("0", "False False"), ("off", "False False"), ("1", "True True"), ("maybe", "True True")):
+        proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "IPT_ONEDNN": value},
+                              capture_output=True, text=True, check=True)
+        assert proc.stdout.strip() == want, value
+        assert ("IPT_ONEDNN='maybe'" in proc.stderr) == (value == "maybe")
