@@ -25,10 +25,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import ipt.core.model as model_module
-from ipt.core.bench import make_optimizer, median_ratio, time_interleaved
-from ipt.core.config import PRESETS, preset
-from ipt.core.fused_linear import onednn_paths
+import ipt.core.model.ipt as model_module
+from ipt.core.commands.bench import make_optimizer, median_ratio, time_interleaved
+from ipt.core.model.config import PRESETS, preset
+from ipt.core.model.fused_linear import onednn_paths
 from ipt.core.model import IPT
 
 

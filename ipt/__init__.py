@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return IPT
     if name == "ModelConfig":
-        from ipt.core.config import ModelConfig
+        from ipt.core.model.config import ModelConfig
 
         return ModelConfig
     if name in ("TaskSpec", "hookimpl", "get_task"):
@@ -32,7 +32,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(registry, name)
     if name == "load_model":
-        from ipt.core.pretrained import load_pretrained
+        from ipt.core.checkpoints.pretrained import load_pretrained
 
         return load_pretrained
     raise AttributeError(f"module 'ipt' has no attribute {name!r}")

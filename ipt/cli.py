@@ -15,15 +15,15 @@ from typing import Sequence
 # name -> (module, one-line help); a module that hosts several commands names its functions "module:suffix",
 # e.g. "ipt.registry.cli:plugins" -> add_plugins_arguments / run_plugins.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("ipt.core.demo", "degrade and restore a bundled photo with every task of the bundled model"),
+    "demo": ("ipt.core.commands.demo", "degrade and restore a bundled photo with every task of the bundled model"),
     "plugins": ("ipt.registry.cli:plugins", "list the installed task plugins and their errors"),
     "tasks": ("ipt.registry.cli:tasks", "list the available tasks with scale and degradation parameters"),
-    "train": ("ipt.core.train", "pre-train or fine-tune IPT (same flags as core/train.py)"),
-    "restore": ("ipt.core.restore", "restore images of any size with a trained model"),
-    "eval": ("ipt.core.evaluate", "score a model on a folder or benchmark (PSNR/SSIM, paper conventions)"),
-    "transfer": ("ipt.core.transfer", "transfer experiment to unseen noise levels (paper Table 4)"),
-    "convert": ("ipt.core.convert", "convert an official Pretrained-IPT .pt checkpoint to a model directory"),
-    "bench": ("ipt.core.bench", "measure throughput and memory against the official reference"),
+    "train": ("ipt.core.commands.train", "pre-train or fine-tune IPT (same flags as core/train.py)"),
+    "restore": ("ipt.core.commands.restore", "restore images of any size with a trained model"),
+    "eval": ("ipt.core.commands.eval", "score a model on a folder or benchmark (PSNR/SSIM, paper conventions)"),
+    "transfer": ("ipt.core.commands.transfer", "transfer experiment to unseen noise levels (paper Table 4)"),
+    "convert": ("ipt.core.commands.convert", "convert an official Pretrained-IPT .pt checkpoint to a model directory"),
+    "bench": ("ipt.core.commands.bench", "measure throughput and memory against the official reference"),
 }
 
 
@@ -46,7 +46,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from ipt.core.model import UnknownModelTaskError
-    from ipt.core.pretrained import CheckpointError
+    from ipt.core.checkpoints.pretrained import CheckpointError
     from ipt.registry.manager import PluginError, UnknownTaskError
 
     return (CheckpointError, UnknownTaskError, UnknownModelTaskError, PluginError, ValidationError,

@@ -243,7 +243,7 @@ def assert_degrade_seeded(spec: TaskSpec, size: int = DEFAULT_SIZE, deterministi
 
 # -- the model -------------------------------------------------------------------------------------------------
 def _model(spec: TaskSpec, preset: str, seed: int = 0) -> "IPT":
-    from ipt.core.config import preset as make_config
+    from ipt.core.model.config import preset as make_config
     from ipt.core.model import IPT
 
     try:
@@ -306,7 +306,7 @@ def assert_save_load_roundtrip(spec: TaskSpec, tmp_dir: str | Path, preset: str 
     Loading resolves the task by name through the installed plugins, so the task must be discoverable.
     """
     from ipt.core.model import IPT
-    from ipt.core.pretrained import CheckpointError, read_config
+    from ipt.core.checkpoints.pretrained import CheckpointError, read_config
     from ipt.registry.manager import get_registry
 
     registry = get_registry()

@@ -17,7 +17,7 @@ SCALES = (2, 3, 4)
 
 def bicubic_lr(clean: torch.Tensor, generator: torch.Generator, scale: int) -> torch.Tensor:
     """Low-resolution input for ``clean`` (B,3,H,W), H and W divisible by ``scale`` (deterministic)."""
-    from ipt.core.resize import bicubic_degrade
+    from ipt.core.images.resize import bicubic_degrade
 
     h, w = clean.shape[-2:]
     if h % scale or w % scale:

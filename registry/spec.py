@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-    from ipt.core.config import ModelConfig
+    from ipt.core.model.config import ModelConfig
 
 TASK_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -42,7 +42,7 @@ class MetricConventions(BaseModel):
 
 
 def _default_head(cfg: "ModelConfig") -> "nn.Module":
-    from ipt.core.blocks import build_head
+    from ipt.core.model.blocks import build_head
 
     return build_head(cfg)
 
@@ -103,7 +103,7 @@ class TaskSpec(BaseModel):
     def tail(self, cfg: "ModelConfig") -> "nn.Module":
         if self.build_tail is not None:
             return self.build_tail(cfg)
-        from ipt.core.blocks import build_tail
+        from ipt.core.model.blocks import build_tail
 
         return build_tail(cfg, self.scale)
 

@@ -11,9 +11,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ipt.cli import main
-from ipt.core.bench import flops_per_patch, median_ratio, to_official_state_dict
-from ipt.core.config import preset
-from ipt.core.fused_linear import onednn_paths
+from ipt.core.commands.bench import flops_per_patch, median_ratio, to_official_state_dict
+from ipt.core.model.config import preset
+from ipt.core.model.fused_linear import onednn_paths
 from ipt.core.model import IPT
 
 

@@ -9,8 +9,8 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from ipt.core.config_cli import ConfigError, add_model_arguments, dump_yaml, load_yaml, parse_config
-from ipt.core.train_config import TrainConfig
+from ipt.core.commands.options import ConfigError, add_model_arguments, dump_yaml, load_yaml, parse_config
+from ipt.core.training.config import TrainConfig
 
 
 class Demo(BaseModel):

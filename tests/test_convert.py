@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ipt.cli import main
-from ipt.core.convert import (
+from ipt.core.checkpoints.official import (
     ConversionError,
     UnsafeCheckpointError,
     convert_file,
@@ -387,7 +387,7 @@ def test_cli_refuses_unsafe_pickle_in_one_line(small_state: dict, tmp_path: Path
 
 
 def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
-    from ipt.core.convert import ConversionError, read_official_checkpoint
+    from ipt.core.checkpoints.official import ConversionError, read_official_checkpoint
 
     text = tmp_path / "notes.txt"
     text.write_text("not weights")

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ipt.core import photos
-from ipt.core.data import (
+from ipt.core.images import photos
+from ipt.core.data.batches import (
     ImageSource,
     StreamingTrainBatches,
     TrainBatches,
@@ -21,7 +21,7 @@ from ipt.core.data import (
     to_rgb_tensor,
     validation_pairs,
 )
-from ipt.core.task_schedule import TaskSchedule
+from ipt.core.data.schedule import TaskSchedule
 from ipt.registry import get_task
 
 ALL_TASKS = ["sr2", "sr3", "sr4", "denoise30"]

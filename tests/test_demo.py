@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ipt.core.bundled import bundled_model_dir
+from ipt.core.checkpoints.bundled import bundled_model_dir
 from ipt.core.model import IPT
 
 

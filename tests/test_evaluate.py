@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from ipt.cli import main
-from ipt.core.evaluate import evaluate_pairs
-from ipt.core.image_io import read_image, write_image
-from ipt.core.pairing import PairingError, detect_layout
-from ipt.core.resize import bicubic_degrade, imresize
-from ipt.core.tiling import count_tiles, official_tile_count
+from ipt.core.evaluation.evaluate import evaluate_pairs
+from ipt.core.images.io import read_image, write_image
+from ipt.core.evaluation.pairing import PairingError, detect_layout
+from ipt.core.images.resize import bicubic_degrade, imresize
+from ipt.core.inference.tiling import count_tiles, official_tile_count
 
 KEYS = {"task", "n", "psnr_y", "ssim_y", "psnr_rgb", "per_image", "protocol", "tiles", "seconds"}
 
@@ -185,7 +185,7 @@ def test_unmatched_and_mismatched_listed(tmp_path: Path) -> None:
     msg = str(err.value)
     assert "inputs without a target: rain-003.png" in msg and "targets without an input: norain-004.png" in msg
 
-    from ipt.core.pairing import check_sizes
+    from ipt.core.evaluation.pairing import check_sizes
 
     root = tmp_path / "Set5"
     write_image(root / "HR" / "a.png", _photo(50, 70, 0))

@@ -18,11 +18,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ipt.core.bench import build_reference, to_official_state_dict
-from ipt.core.config import preset
-from ipt.core import fused_linear
-from ipt.core.fused_linear import onednn_paths
-from ipt.core.model import IPT, Attention
+from ipt.core.commands.bench import build_reference, to_official_state_dict
+from ipt.core.model.config import preset
+from ipt.core.model import fused_linear
+from ipt.core.model.fused_linear import onednn_paths
+from ipt.core.model.ipt import IPT, Attention
 
 TASKS = ["sr2", "sr3", "denoise30"]
 
@@ -357,7 +357,7 @@ def test_onednn_training_path_is_used_and_can_be_switched_off() -> None:
 
 
 def test_ipt_onednn_environment_variable_turns_the_paths_off() -> None:
-    code = "import ipt.core.fused_linear as f; print(f.ONEDNN_INFERENCE, f.ONEDNN_TRAINING)"
+    code = "import ipt.core.model.fused_linear as f; print(f.ONEDNN_INFERENCE, f.ONEDNN_TRAINING)"
     for value, want in (("0", "False False"), ("off", "False False"), ("1", "True True"), ("maybe", "True True")):
         proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "IPT_ONEDNN": value},
                               capture_output=True, text=True, check=True)

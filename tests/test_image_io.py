@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ipt.core.image_io import ImageReadError, iter_images, read_image, resize_alpha, write_image
+from ipt.core.images.io import ImageReadError, iter_images, read_image, resize_alpha, write_image
 
 
 def _rgb(h: int = 50, w: int = 70, seed: int = 0) -> torch.Tensor:

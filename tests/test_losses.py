@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ipt.core.losses import contrastive_loss, ipt_loss
+from ipt.core.training.losses import contrastive_loss, ipt_loss
 
 
 def _by_hand(vectors: list[list[list[float]]], t: float) -> float:

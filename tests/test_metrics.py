@@ -9,7 +9,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from ipt.core.metrics import psnr, psnr_batch, quantize, rgb_to_y, score, ssim, ssim_batch
+from ipt.core.evaluation.metrics import psnr, psnr_batch, quantize, rgb_to_y, score, ssim, ssim_batch
 
 
 def _image(seed: int, h: int = 40, w: int = 52) -> torch.Tensor:

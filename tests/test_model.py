@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from ipt.core.config import ModelConfig, preset
+from ipt.core.model.config import ModelConfig, preset
 from ipt.core.model import IPT, UnknownModelTaskError, build_model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

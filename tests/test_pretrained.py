@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ipt.core.model import IPT, build_model
-from ipt.core.pretrained import CheckpointError, MissingPluginError
+from ipt.core.checkpoints.pretrained import CheckpointError, MissingPluginError
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ipt.core.resize import bicubic_degrade, imresize
+from ipt.core.images.resize import bicubic_degrade, imresize
 
 
 def _cubic_ref(x: float) -> float:

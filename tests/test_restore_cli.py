@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from ipt.cli import main
-from ipt.core.image_io import read_image, write_image
+from ipt.core.images.io import read_image, write_image
 from ipt.core.model import IPT
-from ipt.core.tiling import TiledRestorer
+from ipt.core.inference.tiling import TiledRestorer
 
 
 def _rgb(h: int, w: int, seed: int) -> torch.Tensor:
@@ -87,7 +87,7 @@ def test_model_without_task_lists_its_tasks(model_dir: Path, inputs: Path, tmp_p
 
 def test_missing_model_without_bundled(inputs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    import ipt.core.bundled as bundled
+    import ipt.core.checkpoints.bundled as bundled
 
     monkeypatch.setattr(bundled, "BUNDLED_DIR", tmp_path / "no-weights")  # an installation without weights
     rc = main(["restore", "--task", "sr2", str(inputs), "-o", str(tmp_path / "o")])

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from ipt.core.seeding import derive_seed, text_seed
-from ipt.core.task_schedule import TaskSchedule
+from ipt.core.data.seeding import derive_seed, text_seed
+from ipt.core.data.schedule import TaskSchedule
 
 TASKS = ["sr2", "sr3", "denoise30"]
 

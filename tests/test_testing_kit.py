@@ -12,7 +12,7 @@ from torch import nn
 
 import ipt.testing as kit
 from ipt.testing import ipt_task_checker  # noqa: F401 - the kit's pytest fixture, imported like a plugin author may
-from ipt.core.blocks import build_head
+from ipt.core.model.blocks import build_head
 from ipt.registry import TaskSpec, hookimpl
 from ipt.registry.manager import TaskRegistry
 
@@ -221,7 +221,7 @@ def test_gradients_catch_a_frozen_path() -> None:
 
 
 def test_roundtrip_passes_and_records_the_distribution(registry_with: Any, tmp_path: Path) -> None:
-    from ipt.core.pretrained import read_config
+    from ipt.core.checkpoints.pretrained import read_config
 
     spec = registry_with(_spec()).get("toy")
     kit.assert_save_load_roundtrip(spec, tmp_path)

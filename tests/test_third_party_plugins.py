@@ -169,7 +169,7 @@ def test_broken_plugins_are_reported_and_others_keep_working(tmp_path: Path) -> 
 # -- a saved model whose plugin is gone ------------------------------------------------------------------------
 def test_uninstalling_the_plugin_names_it_when_loading(tmp_path: Path) -> None:
     from ipt.core.model import IPT
-    from ipt.core.pretrained import MissingPluginError
+    from ipt.core.checkpoints.pretrained import MissingPluginError
 
     env = PluginEnv.create(tmp_path / "venv")
     env.pip_install(DEHAZE_SRC, workdir=tmp_path)
@@ -216,7 +216,7 @@ def _task_entries(model_dir: Path) -> list[tuple[str, str | None, str | None]]:
 
 @pytest.mark.slow  # the fine-tuning test below covers a plugin task in training in the default suite
 def test_train_sr2_and_dehaze_together(dehaze_env: PluginEnv, tmp_path: Path) -> None:
-    pytest.importorskip("ipt.core.train")
+    pytest.importorskip("accelerate")
     run = tmp_path / "run"
     _launch_train(dehaze_env, "--tasks", "sr2,dehaze", "--preset", "tiny", "--max-steps", "2", "--batch-size", "2",
                   "--output-dir", str(run), tmp_path=tmp_path)
@@ -230,7 +230,7 @@ def _framework_version() -> str:
 
 @pytest.mark.parametrize("freeze", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["full", "freeze-body"])
 def test_finetune_a_saved_sr2_model_to_dehaze(dehaze_env: PluginEnv, tmp_path: Path, freeze: bool) -> None:
-    pytest.importorskip("ipt.core.train")
+    pytest.importorskip("accelerate")
     from ipt.core.model import build_model
 
     init = tmp_path / "sr2-model"
@@ -252,7 +252,7 @@ def test_finetune_a_saved_sr2_model_to_dehaze(dehaze_env: PluginEnv, tmp_path: P
 
 
 def test_eval_dehaze(dehaze_env: PluginEnv, dehaze_model: Path, tmp_path: Path) -> None:
-    pytest.importorskip("ipt.core.evaluate")
+    pytest.importorskip("ipt.core.evaluation.evaluate")
     data = tmp_path / "clean"
     _photos(data, [(64, 64), (56, 72)])
     proc = dehaze_env.ipt("eval", "--task", "dehaze", "--model", str(dehaze_model), "--data", str(data), "--json",
@@ -267,7 +267,7 @@ def test_eval_dehaze(dehaze_env: PluginEnv, dehaze_model: Path, tmp_path: Path) 
 
 
 def test_restore_dehaze(dehaze_env: PluginEnv, dehaze_model: Path, tmp_path: Path) -> None:
-    pytest.importorskip("ipt.core.restore")
+    pytest.importorskip("ipt.core.commands.restore")
     (src,) = _photos(tmp_path / "in", [(50, 70)])
     out_dir = tmp_path / "out"
     proc = dehaze_env.ipt("restore", "--task", "dehaze", "--model", str(dehaze_model), str(src), "-o", str(out_dir))

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from ipt.core.tiling import (
+from ipt.core.inference.tiling import (
     TiledRestorer,
     count_tiles,
     dihedral,

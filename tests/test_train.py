@@ -15,10 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 from ipt.cli import main as ipt_main
-from ipt.core.losses import ipt_loss
-from ipt.core.pretrained import read_config
-from ipt.core.train import Trainer, build_model, find_checkpoint, list_checkpoints, train
-from ipt.core.train_config import TrainConfig
+from ipt.core.training.losses import ipt_loss
+from ipt.core.checkpoints.pretrained import read_config
+from ipt.core.training.checkpoints import find_checkpoint, list_checkpoints
+from ipt.core.training.run import init_model, train
+from ipt.core.training.trainer import Trainer
+from ipt.core.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 FAST: dict[str, Any] = {
@@ -77,11 +79,11 @@ def test_pretraining_run_writes_model_config_plugins_and_log(pretrained: Path) -
 
 
 def test_multitask_steps_reduce_loss_on_fixed_batches(tmp_path: Path) -> None:
-    from ipt.core.data import TrainBatches, load_images
-    from ipt.core.task_schedule import TaskSchedule
+    from ipt.core.data.batches import TrainBatches, load_images
+    from ipt.core.data.schedule import TaskSchedule
 
     c = cfg(tmp_path, tasks=["sr2", "denoise30"], lr=2e-3)
-    model, _ = build_model(c)
+    model, _ = init_model(c)
     trainer = Trainer(c, model, total_steps=24, decay_at=None)
     tasks = ["sr2", "denoise30"]
     batches = TrainBatches(load_images(None), tasks, TaskSchedule(tasks, 0), 2, seed=0)
@@ -136,7 +138,7 @@ def test_finetune_keeps_body_and_known_heads_adds_new_ones(pretrained: Path, tmp
     source = weights(pretrained / "model")
     c = TrainConfig(tasks=["sr3", "sr2"], init_from=pretrained / "model", output_dir=tmp_path)
     assert c.base_lr == 2e-5 and c.decay_step(100, None, 1) is None
-    model, notes = build_model(c)
+    model, notes = init_model(c)
     assert model.task_names == ["sr3", "sr2"] and "new sr3" in notes[0] and "dropped denoise30" in notes[0]
     state = model.state_dict()
     for k, v in source.items():

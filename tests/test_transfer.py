@@ -62,7 +62,7 @@ def _table_rows(text: str) -> dict[str, list[str]]:
 
 def _heldout_crops() -> dict[str, torch.Tensor]:
     """The held-out photos centre-cropped to EVAL_SIZE, read and cropped here independently of the code under test."""
-    from ipt.core.photos import HELD_OUT, photo
+    from ipt.core.images.photos import HELD_OUT, photo
 
     crops = {}
     for name in HELD_OUT:
@@ -75,7 +75,7 @@ def _heldout_crops() -> dict[str, torch.Tensor]:
 
 
 def _noisy(clean: torch.Tensor, name: str, sigma: int, seed: int = 0) -> torch.Tensor:
-    from ipt.core.evaluate import pair_seed
+    from ipt.core.evaluation.evaluate import pair_seed
     from ipt.registry import get_task
 
     g = torch.Generator().manual_seed(pair_seed(seed, name))
@@ -88,13 +88,13 @@ def _read_png(path: Path) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _restorer(model_dir: Path, task: str) -> Any:
-    from ipt.core.inference import InferenceOptions, TaskRestorer
+    from ipt.core.inference.restorer import InferenceOptions, TaskRestorer
 
     return TaskRestorer(IPT.from_pretrained(model_dir, tasks=[task]), task, InferenceOptions(device="cpu"))
 
 
 def _restore(model_dir: Path, task: str, image: torch.Tensor) -> torch.Tensor:
-    from ipt.core.metrics import quantize
+    from ipt.core.evaluation.metrics import quantize
 
     return quantize(_restorer(model_dir, task)(image))
 
@@ -175,7 +175,7 @@ def test_fine_tuned_row_comes_from_a_changed_model(experiment: dict) -> None:
 
 # -- pieces and other modes -------------------------------------------------------------------------------------------
 def test_nearest_level_and_task_copy() -> None:
-    from ipt.core.transfer import add_transfer_task, denoise_levels, nearest_level
+    from ipt.core.training.transfer import add_transfer_task, denoise_levels, nearest_level
 
     assert denoise_levels(["sr2", "denoise30", "denoise50", "derain"]) == {30: "denoise30", 50: "denoise50"}
     assert [nearest_level(s, [30, 50]) for s in (10, 30, 39, 40, 41, 70)] == [30, 30, 30, 30, 50, 50]

@@ -11,7 +11,7 @@ import bisect
 import math
 from collections.abc import Sequence
 
-from ipt.core.seeding import derive_seed
+from ipt.core.data.seeding import derive_seed
 
 __all__ = ["TaskSchedule"]
 
@@ -63,3 +63,15 @@ class TaskSchedule:
 
     def __repr__(self) -> str:
         return f"TaskSchedule(tasks={list(self.tasks)}, seed={self.seed}, weights={list(self.weights)})"
+
+
+class MicroBatchSchedule:
+    """The task of data step ``i`` when each optimizer step consumes ``accum`` data steps (all of one task)."""
+
+    def __init__(self, schedule: TaskSchedule, accum: int) -> None:
+        self.schedule, self.accum = schedule, accum
+        self.tasks = schedule.tasks
+
+    def task_at(self, step: int) -> str:
+        return self.schedule.task_at(step // self.accum)
+

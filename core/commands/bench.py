@@ -38,8 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ipt.core.config import PRESETS, ModelConfig, preset
-from ipt.core.convert import official_name
+from ipt.core.model.config import PRESETS, ModelConfig, preset
+from ipt.core.checkpoints.official import official_name
 
 SECTIONS = ("ceiling", "forward", "train", "restore", "memory")
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -366,8 +366,8 @@ def _train_step(forward: Callable[[], torch.Tensor], target: torch.Tensor, opt: 
 
 def bench_restore(ctx: "_Context") -> dict[str, Any]:
     """One whole image: the paper protocol (ours) vs the official protocol (reference), and half-precision PSNR."""
-    from ipt.core.metrics import psnr, quantize
-    from ipt.core.tiling import TiledRestorer, count_tiles, official_forward_chop, official_tile_count
+    from ipt.core.evaluation.metrics import psnr, quantize
+    from ipt.core.inference.tiling import TiledRestorer, count_tiles, official_forward_chop, official_tile_count
 
     args = ctx.args
     w, h = args.image_size
@@ -492,8 +492,8 @@ def _memory_child(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     import psutil
 
-    from ipt.core.model import IPT
-    from ipt.core.tiling import TiledRestorer, count_tiles
+    from ipt.core.model.ipt import IPT
+    from ipt.core.inference.tiling import TiledRestorer, count_tiles
 
     models: dict[str, IPT] = {}
     results = []
@@ -537,7 +537,7 @@ def _memory_main() -> None:  # pragma: no cover - runs in the child process
 
 
 def _run_memory_child(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    code = "from ipt.core.bench import _memory_main; _memory_main()"
+    code = "from ipt.core.commands.bench import _memory_main; _memory_main()"
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(jobs)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement failed: {proc.stderr.strip().splitlines()[-1:]}")
@@ -582,7 +582,7 @@ class _Context:
     """The model, its reference twin, inputs and the measured ceilings shared by the sections."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from ipt.core.model import IPT
+        from ipt.core.model.ipt import IPT
 
         self.args = args
         self.device = torch.device(args.device)

@@ -3,7 +3,7 @@
 :func:`load_images` turns ``--data`` into an :class:`ImageSource`: the built-in photos (``None``), a local image
 folder (``imagefolder``), a local csv/parquet/json/arrow file or folder, or a Hub dataset name (optionally
 streamed).  The image column is cast to ``Image(decode=False)`` so records stay ``{"path", "bytes"}`` dicts and
-:mod:`ipt.core.image_decode` decodes them, counting bad files instead of crashing inside ``datasets``.
+:mod:`ipt.core.images.decode` decodes them, counting bad files instead of crashing inside ``datasets``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ipt.core.image_decode import ImageRecord
+from ipt.core.images.decode import ImageRecord
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSource", "load_images", "as_source"]
 
@@ -157,7 +157,7 @@ def load_images(
 ) -> ImageSource:
     """The images to train (or validate) on.
 
-    * ``data=None``: the built-in photos (:mod:`ipt.core.photos`): all but the held-out ones, or with
+    * ``data=None``: the built-in photos (:mod:`ipt.core.images.photos`): all but the held-out ones, or with
       ``holdout=True`` the held-out ones.
     * a local folder of images: ``datasets``' ``imagefolder`` (no split subfolders -> everything is ``train``);
       a local folder/file of csv/parquet/json/arrow data: the matching packaged builder;
@@ -169,7 +169,7 @@ def load_images(
     import datasets
 
     if data is None:
-        from ipt.core.photos import heldout_photos, train_photos
+        from ipt.core.images.photos import heldout_photos, train_photos
 
         paths = heldout_photos() if holdout else train_photos()
         source = ImageSource.from_paths(paths, name="built-in photos" + (" (held out)" if holdout else ""))

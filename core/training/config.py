@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ipt.core.config import ModelConfig, preset
+from ipt.core.model.config import ModelConfig, preset
 
 PRETRAIN_LR = 5e-5
 FINETUNE_LR = 2e-5
@@ -154,7 +154,7 @@ class TrainConfig(BaseModel):
         if self.lr_decay_steps is not None and self.lr_decay_epochs is not None:
             raise ValueError("give --lr-decay-steps or --lr-decay-epochs, not both")
         if self.init_from is not None:
-            from ipt.core.pretrained import CONFIG_NAME
+            from ipt.core.checkpoints.pretrained import CONFIG_NAME
 
             if not (self.init_from / CONFIG_NAME).is_file():
                 raise ValueError(f"--init-from {self.init_from}: not a model directory (no {CONFIG_NAME} in it)")

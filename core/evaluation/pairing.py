@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ipt.core.image_io import ImageReadError, image_size, is_image_file, list_images
+from ipt.core.images.io import ImageReadError, image_size, is_image_file, list_images
 
 __all__ = ["ImagePair", "Layout", "PairingError", "detect_layout", "pair_by_name", "check_sizes", "modcrop_size"]
 

@@ -3,7 +3,7 @@
 Training data is messy: grey, alpha, palette, CMYK and 16-bit images are converted (by
 :func:`ipt.core.image_io.pil_pixels`, shared with inference); corrupt or truncated files raise
 :class:`UnreadableImage` carrying a short ``reason`` that the data pipeline counts.  Reading single image files for
-inference (keeping alpha and 16-bit RGB) is :mod:`ipt.core.image_io`'s job.
+inference (keeping alpha and 16-bit RGB) is :mod:`ipt.core.images.io`'s job.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from PIL import Image as PILImage
 from PIL import ImageOps
 
-from ipt.core.image_io import UnsupportedImageMode, pil_pixels
+from ipt.core.images.io import UnsupportedImageMode, pil_pixels
 
 __all__ = [
     "CORRUPT",

@@ -21,8 +21,8 @@ from timm.layers import Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ipt.core.config import ModelConfig
-from ipt.core.fused_linear import PackedWeights, linear
+from ipt.core.model.config import ModelConfig
+from ipt.core.model.fused_linear import PackedWeights, linear
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
@@ -287,14 +287,14 @@ class IPT(nn.Module):
     # -- persistence ---------------------------------------------------------------------------------------
     def save_pretrained(self, directory: "str | Path", **extra: object) -> "Path":
         """Write ``config.json`` + ``model.safetensors`` into ``directory`` (atomically)."""
-        from ipt.core.pretrained import save_pretrained
+        from ipt.core.checkpoints.pretrained import save_pretrained
 
         return save_pretrained(self, directory, **extra)
 
     @classmethod
     def from_pretrained(cls, directory: "str | Path", tasks: Sequence[str] | None = None) -> "IPT":
         """Load a model directory written by :meth:`save_pretrained` (strict: every tensor must match)."""
-        from ipt.core.pretrained import load_pretrained
+        from ipt.core.checkpoints.pretrained import load_pretrained
 
         return load_pretrained(directory, tasks=tasks)
 
@@ -317,7 +317,7 @@ def _resolve(task: "TaskSpec | str") -> "TaskSpec":
 def build_model(config: ModelConfig | str, tasks: Iterable["TaskSpec | str"]) -> IPT:
     """An :class:`IPT` for a config (or preset name) and tasks (names or specs)."""
     if isinstance(config, str):
-        from ipt.core.config import preset
+        from ipt.core.model.config import preset
 
         config = preset(config)
     return IPT(config, tasks)

@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 
-from ipt.core.config import ModelConfig
+from ipt.core.model.config import ModelConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -180,7 +180,7 @@ def load_pretrained(
     directory: str | Path, tasks: Sequence[str] | None = None, map_location: str | torch.device = "cpu"
 ) -> Any:
     """Load a model directory. ``tasks`` keeps only those tasks (each must be in the checkpoint)."""
-    from ipt.core.model import IPT
+    from ipt.core.model.ipt import IPT
 
     directory = Path(directory)
     cfg = read_config(directory)

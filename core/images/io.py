@@ -7,7 +7,7 @@
   image changed size (super-resolution). Files are written under a temporary name and renamed.
 * :func:`iter_images` expands folders (sorted, non-recursive) into image files.
 * :func:`pil_pixels` is the one place that turns any PIL mode into grey/RGB samples on 0-255 (alpha optional); the
-  training data pipeline (:mod:`ipt.core.image_decode`) uses it too.
+  training data pipeline (:mod:`ipt.core.images.decode`) uses it too.
 
 Pillow decodes 16-bit RGB(A) PNG and TIFF files to 8 bit, so those go through torchvision's PNG decoder and
 tifffile (a dependency of scikit-image) instead; 16-bit PNGs are written by a small encoder here (Pillow cannot).

@@ -8,8 +8,8 @@ the same task on different crops.  The trainer iterates it with::
 
     DataLoader(batches, batch_size=None, sampler=range(start_step, max_steps), num_workers=n)
 
-Images come from :mod:`ipt.core.image_sources` (``datasets``, image column left undecoded) and are decoded by
-:mod:`ipt.core.image_decode`: a corrupt file, an odd mode (grey, RGBA, palette, CMYK, 16-bit) or a too small image is converted or
+Images come from :mod:`ipt.core.data.sources` (``datasets``, image column left undecoded) and are decoded by
+:mod:`ipt.core.images.decode`: a corrupt file, an odd mode (grey, RGBA, palette, CMYK, 16-bit) or a too small image is converted or
 skipped and counted, never a crash deep inside ``datasets``.  Skips are logged on the ``ipt.data`` logger.
 """
 
@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from ipt.core.image_decode import UnreadableImage, decode_record, read_pixels, to_rgb_tensor
-from ipt.core.image_sources import ImageSource, as_source, load_images
-from ipt.core.seeding import derive_seed, text_seed
-from ipt.core.task_schedule import TaskSchedule
+from ipt.core.images.decode import UnreadableImage, decode_record, read_pixels, to_rgb_tensor
+from ipt.core.data.sources import ImageSource, as_source, load_images
+from ipt.core.data.seeding import derive_seed, text_seed
+from ipt.core.data.schedule import TaskSchedule
 from ipt.registry import TaskSpec
 
 __all__ = [

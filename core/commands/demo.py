@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from ipt.core.bundled import resolve_model_dir
-from ipt.core.inference import TaskRestorer
-from ipt.core.metrics import quantize, score
-from ipt.core.model import IPT
-from ipt.core.photos import HELD_OUT, photo
-from ipt.core.resize import imresize
+from ipt.core.checkpoints.bundled import resolve_model_dir
+from ipt.core.inference.restorer import TaskRestorer
+from ipt.core.evaluation.metrics import quantize, score
+from ipt.core.model.ipt import IPT
+from ipt.core.images.photos import HELD_OUT, photo
+from ipt.core.images.resize import imresize
 
 CROP = 192  # divisible by 2, 3 and 4, so every SR task sees an exact downscale
 LABEL_H = 18

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipt.core.model import IPT
+    from ipt.core.model.ipt import IPT
 
 __all__ = [
     "InferenceOptions",
@@ -76,8 +76,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def load_task_model(model_dir: str | Path | None, task: str, device: torch.device | str = "cpu") -> "IPT":
     """Load a model directory keeping only ``task`` (an error lists the tasks the model has), in eval mode."""
-    from ipt.core.bundled import resolve_model_dir
-    from ipt.core.model import IPT
+    from ipt.core.checkpoints.bundled import resolve_model_dir
+    from ipt.core.model.ipt import IPT
 
     directory = resolve_model_dir(model_dir)
     if not directory.exists():
@@ -101,7 +101,7 @@ class TaskRestorer:
         scale: int | None = None,
         tile: int | None = None,
     ) -> None:
-        from ipt.core.model import IPT
+        from ipt.core.model.ipt import IPT
 
         self.options = options or InferenceOptions()
         self.task = task
@@ -131,7 +131,7 @@ class TaskRestorer:
 
     def __call__(self, image: Tensor, progress: ProgressFn | None = None) -> Tensor:
         """``image`` ``(3, H, W)`` or ``(B, 3, H, W)`` on 0-255 -> restored, clamped to [0, 255], float32 on the CPU."""
-        from ipt.core.tiling import TiledRestorer, official_forward_chop
+        from ipt.core.inference.tiling import TiledRestorer, official_forward_chop
 
         o = self.options
         x = image.to(device=self.device, dtype=torch.float32)

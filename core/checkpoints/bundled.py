@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ipt.core.pretrained import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+from ipt.core.checkpoints.pretrained import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled_model"
 BUNDLED_NAME = "bundled"  # accepted wherever a model directory is expected

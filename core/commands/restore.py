@@ -26,14 +26,14 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-from ipt.core.image_io import IMAGE_EXTENSIONS, ImageReadError, LoadedImage, read_image, to_uint8, write_image
+from ipt.core.images.io import IMAGE_EXTENSIONS, ImageReadError, LoadedImage, read_image, to_uint8, write_image
 
 __all__ = ["add_arguments", "run", "compare_panel", "find_reference", "restore_files"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ipt.core.config_cli import add_model_arguments
-    from ipt.core.inference import InferenceOptions
+    from ipt.core.commands.options import add_model_arguments
+    from ipt.core.inference.restorer import InferenceOptions
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     parser.add_argument("--task", required=True, help="task to run, e.g. sr2, denoise30, derain")
@@ -87,7 +87,7 @@ def _write_compare(
     out_path: Path, task: str, scale: int, crop_border: int, loaded: LoadedImage, restored: Tensor,
     reference: Path | None, warn: Callable[[str], None],
 ) -> None:
-    from ipt.core.metrics import quantize, score
+    from ipt.core.evaluation.metrics import quantize, score
 
     size = (int(restored.shape[-2]), int(restored.shape[-1]))
     output_label = task
@@ -125,9 +125,9 @@ def _check_collisions(paths: list[Path], out_dir: Path) -> None:
 def restore_files(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ipt.core.config_cli import parse_config
-    from ipt.core.image_io import iter_images
-    from ipt.core.inference import InferenceOptions, TaskRestorer, load_task_model, resolve_device
+    from ipt.core.commands.options import parse_config
+    from ipt.core.images.io import iter_images
+    from ipt.core.inference.restorer import InferenceOptions, TaskRestorer, load_task_model, resolve_device
 
     options = parse_config(InferenceOptions, args)
     paths = list(iter_images(args.inputs))

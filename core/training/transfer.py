@@ -20,7 +20,7 @@ Evaluation images: the held-out built-in photos (``coffee``, ``flower``; :func:`
 the images of ``--eval-data DIR``, centre-cropped to ``--eval-size`` px (192 by default, 25 tiles of 48 px each:
 fast on a CPU; ``none`` scores whole images). The noise comes from the task's plugin with the seed
 :func:`ipt.core.evaluate.pair_seed` ``(--seed, image name)`` -- the same noise ``ipt eval`` adds to a folder of clean
-images. Scores follow :mod:`ipt.core.evaluate` (8-bit outputs, PSNR/SSIM on BT.601 Y, RGB PSNR; means over images).
+images. Scores follow :mod:`ipt.core.evaluation.evaluate` (8-bit outputs, PSNR/SSIM on BT.601 Y, RGB PSNR; means over images).
 
 Outputs in ``--out``: ``transfer.md`` (the Table-4-style markdown table, also printed), ``transfer.json`` (every
 number and the settings), ``transfer.png`` (PSNR vs sigma for the three rows); with ``--save-images``,
@@ -49,11 +49,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
-from ipt.core.evaluate import ScoreSummary
-from ipt.core.inference import InferenceOptions
+from ipt.core.evaluation.evaluate import ScoreSummary
+from ipt.core.inference.restorer import InferenceOptions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipt.core.model import IPT
+    from ipt.core.model.ipt import IPT
 
 __all__ = [
     "TransferConfig",
@@ -177,10 +177,10 @@ def _centre_crop(img: Tensor, size: int | None) -> Tensor:
 
 def load_eval_images(eval_data: str | Path | None = None, eval_size: int | None = 192) -> list[tuple[str, Tensor]]:
     """``(name, clean (3,H,W) on 0-255)``: the held-out photos or the images of ``eval_data``, centre-cropped."""
-    from ipt.core.image_io import list_images, read_image
+    from ipt.core.images.io import list_images, read_image
 
     if eval_data is None:
-        from ipt.core.photos import heldout_photos
+        from ipt.core.images.photos import heldout_photos
 
         paths = heldout_photos()
     else:
@@ -202,7 +202,7 @@ def load_eval_images(eval_data: str | Path | None = None, eval_size: int | None 
 
 def noisy_samples(images: Sequence[tuple[str, Tensor]], sigma: int, seed: int = 0) -> list[Sample]:
     """``(name, noisy, clean)`` with the ``denoise<sigma>`` plugin's noise, seeded by ``pair_seed(seed, name)``."""
-    from ipt.core.evaluate import pair_seed
+    from ipt.core.evaluation.evaluate import pair_seed
     from ipt.registry import get_task
 
     spec = get_task(f"denoise{sigma}")
@@ -215,8 +215,8 @@ def noisy_samples(images: Sequence[tuple[str, Tensor]], sigma: int, seed: int = 
 
 def _finetune(init_dir: Path, task: str, cfg: TransferConfig, options: InferenceOptions, run_dir: Path) -> Path:
     """Fine-tune ``task`` of the model in ``init_dir`` (body kept, other tasks dropped); the final model dir."""
-    from ipt.core.train import train
-    from ipt.core.train_config import TrainConfig
+    from ipt.core.training.run import train
+    from ipt.core.training.config import TrainConfig
 
     if run_dir.exists():  # our own earlier run of the same level (--keep-runs): start it afresh
         shutil.rmtree(run_dir)
@@ -231,7 +231,7 @@ def _finetune(init_dir: Path, task: str, cfg: TransferConfig, options: Inference
 
 def _evaluate(model: "IPT", task: str, samples: list[Sample], options: InferenceOptions, baseline: bool,
               save_dir: Path | None, progress: bool) -> Any:
-    from ipt.core.evaluate import evaluate_pairs
+    from ipt.core.evaluation.evaluate import evaluate_pairs
 
     return evaluate_pairs(model, task, samples, options=options, baseline=baseline, save_dir=save_dir,
                           progress=progress, total=len(samples))
@@ -249,9 +249,9 @@ def _say(message: str) -> None:
 # -- the experiment -----------------------------------------------------------------------------------------------
 def transfer(cfg: TransferConfig, options: InferenceOptions | None = None) -> TransferResult:
     """Run the experiment as configured, write ``transfer.{md,json,png}`` to ``cfg.out`` and return the numbers."""
-    from ipt.core.bundled import resolve_model_dir
-    from ipt.core.model import IPT
-    from ipt.core.pretrained import read_config
+    from ipt.core.checkpoints.bundled import resolve_model_dir
+    from ipt.core.model.ipt import IPT
+    from ipt.core.checkpoints.pretrained import read_config
 
     options = options or InferenceOptions()
     t0 = time.perf_counter()
@@ -291,7 +291,7 @@ def transfer(cfg: TransferConfig, options: InferenceOptions | None = None) -> Tr
             zs = _evaluate(model, task, samples, options, True,
                            images_dir / "zero_shot" / task if images_dir else None, cfg.progress)
             if images_dir is not None:
-                from ipt.core.image_io import write_image
+                from ipt.core.images.io import write_image
 
                 for name, noisy, _ in samples:
                     write_image(images_dir / "input" / task / f"{name}.png", noisy)
@@ -321,7 +321,7 @@ def transfer(cfg: TransferConfig, options: InferenceOptions | None = None) -> Tr
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    from ipt.core.train_config import FINETUNE_LR
+    from ipt.core.training.config import FINETUNE_LR
 
     settings = {
         **cfg.model_dump(mode="json", exclude={"model", "progress", "show_ssim"}),
@@ -430,31 +430,3 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-# -- command line ----------------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``ipt transfer``: one per :class:`TransferConfig` field, plus the inference (tiling/device) flags."""
-    from ipt.core.config_cli import add_model_arguments
-
-    parser.description = (
-        "Transfer experiment of the paper (§4.4, Table 4): score a denoising model at noise levels it was not "
-        "trained on, zero-shot (head/tail/embedding of the nearest trained level) and after brief fine-tuning; "
-        "writes transfer.md, transfer.json and transfer.png to --out."
-    )
-    add_model_arguments(parser, TransferConfig)
-    add_model_arguments(parser, InferenceOptions, config_flag=False)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ipt.core.config_cli import parse_config
-
-    cfg = parse_config(TransferConfig, args)
-    # --config FILE.yaml holds TransferConfig keys only: the inference options come from their flags
-    flags = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "config"})
-    options = parse_config(InferenceOptions, flags)
-    result = transfer(cfg, options)
-    print(format_table(result, show_ssim=cfg.show_ssim))
-    print(f"\nwrote {cfg.out / 'transfer.md'}, {cfg.out / 'transfer.json'}, {cfg.out / 'transfer.png'} "
-          f"({result.seconds:.0f} s)")
-    return 0

@@ -2,7 +2,7 @@
 
     ipt eval --task sr2 --model MODEL_DIR --data benchmark/Set5 [--baseline] [--json] [--protocol official]
 
-Folder layouts are detected by :mod:`ipt.core.pairing` (EDSR/Set5 ``HR/`` + ``LR_bicubic/X{s}/``, paired
+Folder layouts are detected by :mod:`ipt.core.evaluation.pairing` (EDSR/Set5 ``HR/`` + ``LR_bicubic/X{s}/``, paired
 subfolders, Rain100L ``rain-*``/``norain-*``, or a folder of clean images degraded on the fly by the task's plugin
 with a seed derived from ``--seed`` and the file name). SR clean images are cropped to a multiple of the scale.
 
@@ -27,11 +27,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from ipt.core.inference import InferenceOptions
+from ipt.core.inference.restorer import InferenceOptions
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipt.core.model import IPT
-    from ipt.core.pairing import ImagePair
+    from ipt.core.model.ipt import IPT
+    from ipt.core.evaluation.pairing import ImagePair
     from ipt.registry.spec import TaskSpec
 
 __all__ = [
@@ -107,7 +107,7 @@ class EvalResult(BaseModel):
 # -- loading -------------------------------------------------------------------------------------------------
 def pair_seed(seed: int, name: str) -> int:
     """The degradation seed of one image: depends on ``seed`` and the image name only (not on order or --limit)."""
-    from ipt.core.seeding import derive_seed, text_seed
+    from ipt.core.data.seeding import derive_seed, text_seed
 
     return derive_seed(seed, text_seed(name))
 
@@ -119,7 +119,7 @@ def _modcrop(img: Tensor, scale: int) -> Tensor:
 
 def load_pairs(pairs: "Iterable[ImagePair]", spec: "TaskSpec", seed: int = 0) -> Iterator[Sample]:
     """Read each pair lazily: the clean image (modcropped for SR) and the stored or freshly degraded input."""
-    from ipt.core.image_io import read_image
+    from ipt.core.images.io import read_image
 
     for p in pairs:
         clean = _modcrop(read_image(p.clean).rgb, spec.scale)
@@ -137,21 +137,21 @@ def baseline_image(degraded: Tensor, scale: int) -> Tensor:
     """The reference method's output: MATLAB-compatible bicubic upscaling for SR, the input itself otherwise."""
     if scale == 1:
         return degraded
-    from ipt.core.resize import imresize
+    from ipt.core.images.resize import imresize
 
     return imresize(degraded.float(), scale=scale)
 
 
 # -- scoring -------------------------------------------------------------------------------------------------
 def _score(restored: Tensor, clean: Tensor, spec: "TaskSpec") -> ImageScore:
-    from ipt.core.metrics import score
+    from ipt.core.evaluation.metrics import score
 
     s = score(restored, clean, spec.scale, color_space=spec.metrics.color_space, crop_border=spec.crop_border)
     return ImageScore(psnr_y=s["psnr_y"], ssim_y=s["ssim_y"], psnr_rgb=s["psnr_rgb"])
 
 
 def _task_spec(model: Any, task: "str | TaskSpec") -> "TaskSpec":
-    from ipt.core.model import IPT
+    from ipt.core.model.ipt import IPT
     from ipt.registry import get_task
 
     if not isinstance(task, str):
@@ -181,10 +181,10 @@ def evaluate_pairs(
     """
     from tqdm import tqdm
 
-    from ipt.core.image_io import write_image
-    from ipt.core.inference import TaskRestorer
-    from ipt.core.metrics import quantize
-    from ipt.core.model import IPT
+    from ipt.core.images.io import write_image
+    from ipt.core.inference.restorer import TaskRestorer
+    from ipt.core.evaluation.metrics import quantize
+    from ipt.core.model.ipt import IPT
 
     options = options or InferenceOptions()
     spec = _task_spec(model_or_fn, task)
@@ -248,12 +248,12 @@ def evaluate(
     progress: bool = False,
     on_image: Callable[[str, ImageScore, ImageScore | None], None] | None = None,
 ) -> EvalResult:
-    """Score ``model`` on ``task`` over a benchmark folder (layouts of :mod:`ipt.core.pairing`).
+    """Score ``model`` on ``task`` over a benchmark folder (layouts of :mod:`ipt.core.evaluation.pairing`).
 
     ``options`` (tiling, device, dtype) overrides ``protocol`` when given; ``limit`` keeps the first N pairs (sorted
     by name). Raises :class:`~ipt.core.pairing.PairingError` for unpairable folders or mismatched sizes.
     """
-    from ipt.core.pairing import check_sizes, detect_layout
+    from ipt.core.evaluation.pairing import check_sizes, detect_layout
 
     spec = model.spec(task)
     options = options or InferenceOptions(protocol=protocol)
@@ -269,76 +269,3 @@ def evaluate(
     return result.model_copy(update={
         "data": str(data_dir), "layout": layout.description, "seed": seed if layout.synthetic else None,
     })
-
-
-# -- command line --------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ipt.core.config_cli import add_model_arguments
-
-    parser.add_argument("--task", required=True, help="task to score, e.g. sr2, denoise30, derain")
-    parser.add_argument("--model", metavar="MODEL_DIR", default=None,
-                        help="model directory (config.json + model.safetensors); default: the bundled model")
-    parser.add_argument("--data", required=True, metavar="DIR",
-                        help="benchmark folder (HR/ + LR_bicubic/X{s}/, rainy/ + norain/, rain-*/norain-*, "
-                             "or clean images degraded on the fly)")
-    parser.add_argument("--baseline", action="store_true",
-                        help="also score bicubic upscaling (SR) or the degraded input (other tasks)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--save-dir", metavar="DIR", default=None, help="write the restored images here")
-    parser.add_argument("--seed", type=int, default=0, help="seed of on-the-fly degradations (default: 0)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N images")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_model_arguments(parser, InferenceOptions, config_flag=False)
-
-
-def _fmt(v: float, digits: int) -> str:
-    return "inf" if math.isinf(v) else f"{v:.{digits}f}"
-
-
-_COL = 10
-
-
-def _row(name: str, s: Any, b: Any, width: int) -> str:
-    """One table row; ``s``/``b`` have ``psnr_y``, ``ssim_y``, ``psnr_rgb`` (b may be None)."""
-    cells = [f"{name:<{width}}"]
-    for m in (s, b) if b is not None else (s,):
-        cells += [f"{_fmt(m.psnr_y, 2):>{_COL}}", f"{_fmt(m.ssim_y, 4):>{_COL}}", f"{_fmt(m.psnr_rgb, 2):>{_COL}}"]
-    return "  ".join(cells)
-
-
-def format_table(result: EvalResult) -> str:
-    """The per-image table and the mean, as ``ipt eval`` prints it."""
-    width = max([4, *map(len, result.per_image)])
-    base = result.baseline
-    head = [f"{'image':<{width}}"] + [f"{h:>{_COL}}" for h in ("PSNR-Y", "SSIM-Y", "PSNR-RGB")]
-    if base is not None:
-        tag = "bic" if base.method.startswith("bicubic") else "input"
-        head += [f"{h:>{_COL}}" for h in (f"{tag} Y", f"{tag} SSIM", f"{tag} RGB")]
-    lines = [
-        f"task {result.task}  data {result.data}  ({result.layout})",
-        f"protocol {result.protocol}  {result.tiles} tiles  {result.seconds:.1f} s",
-        "  ".join(head),
-    ]
-    for name, s in result.per_image.items():
-        lines.append(_row(name, s, base.per_image[name] if base is not None else None, width))
-    lines.append(_row("mean", result, base, width) + f"   (n={result.n})")
-    return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ipt.core.config_cli import parse_config
-    from ipt.core.inference import load_task_model, resolve_device
-
-    options = parse_config(InferenceOptions, args)
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {args.limit}")
-    data = Path(args.data)
-    if not data.exists():
-        raise FileNotFoundError(f"{data}: --data not found")
-    model = load_task_model(args.model, args.task, resolve_device(options.device))
-    result = evaluate(
-        model, args.task, data, baseline=args.baseline, seed=args.seed, limit=args.limit,
-        save_dir=args.save_dir, options=options, progress=not args.quiet,
-    )
-    print(result.model_dump_json() if args.json else format_table(result))
-    return 0
