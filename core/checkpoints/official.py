@@ -8,7 +8,6 @@ exactly once and the model is loaded strictly, so a converted model reproduces t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import math
 import pickle

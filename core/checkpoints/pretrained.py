@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -14,6 +11,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import load_file, save_file
 
+from ipt.core.files import atomic_write_dir
 from ipt.core.model.config import ModelConfig
 
 CONFIG_NAME = "config.json"
@@ -60,26 +58,6 @@ def _ipt_version() -> str | None:
         return __version__
     except Exception:  # noqa: BLE001
         return None
-
-
-def atomic_write_dir(target: Path, write: Any) -> Path:
-    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``target`` (replacing it): readers never see half."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
 
 
 def saved_config(model: torch.nn.Module, **extra: Any) -> SavedModelConfig:

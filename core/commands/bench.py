@@ -40,6 +40,7 @@ from torch import nn
 
 from ipt.core.model.config import PRESETS, ModelConfig, preset
 from ipt.core.checkpoints.official import official_name
+from ipt.core.files import atomic_write_text
 
 SECTIONS = ("ceiling", "forward", "train", "restore", "memory")
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -756,11 +757,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json == "-":
             print(text)
         else:
-            path = Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(text + "\n")
-            os.replace(tmp, path)
+            path = atomic_write_text(args.json, text + "\n")
             log(f"wrote {path}")
     return 0
 

@@ -15,7 +15,6 @@ and in-memory pairs). In ``--json`` output a perfect score is written as ``Infin
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -43,8 +42,6 @@ __all__ = [
     "load_pairs",
     "pair_seed",
     "baseline_image",
-    "add_arguments",
-    "run",
 ]
 
 Sample = tuple[str, Tensor, Tensor]  # (name, degraded (3,h,w), clean (3,H,W)) on 0-255

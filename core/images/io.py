@@ -16,12 +16,10 @@ Any unreadable, truncated or unsupported file raises :class:`ImageReadError` nam
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -30,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ipt.core.files import atomic_write_file
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -289,21 +289,6 @@ def _encode_png16(arr: np.ndarray) -> bytes:
     return _PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(raw, 6)) + _png_chunk(b"IEND", b"")
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
 
@@ -332,17 +317,17 @@ def write_image(path: str | Path, rgb: Tensor, alpha: Tensor | None = None, bit_
         arr = scaled.permute(1, 2, 0).numpy().astype(np.uint16)
         if fmt == "PNG":
             data = _encode_png16(arr)
-            _atomic_write(path, lambda p: p.write_bytes(data))
+            atomic_write_file(path, lambda p: p.write_bytes(data))
         else:
             import tifffile
 
-            _atomic_write(path, lambda p: tifffile.imwrite(str(p), arr, photometric="rgb"))
+            atomic_write_file(path, lambda p: tifffile.imwrite(str(p), arr, photometric="rgb"))
         return path
     from PIL import Image
 
     im = Image.fromarray(to_uint8(channels))
     save_kwargs = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
-    _atomic_write(path, lambda p: im.save(p, format=fmt, **save_kwargs))
+    atomic_write_file(path, lambda p: im.save(p, format=fmt, **save_kwargs))
     return path
 
 

@@ -4,10 +4,10 @@ checking that a resumed run matches the one that wrote it."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
+from ipt.core.files import atomic_write_text
 from ipt.core.checkpoints.pretrained import CheckpointError, read_config
 from ipt.core.training.config import TrainConfig
 
@@ -22,9 +22,7 @@ def truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------------------

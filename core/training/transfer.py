@@ -32,10 +32,8 @@ Python use: :func:`run_transfer` (keyword arguments = the flags) returns a :clas
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
-import os
 import re
 import shutil
 import sys
@@ -50,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
 from ipt.core.evaluation.evaluate import ScoreSummary
+from ipt.core.files import atomic_write_file, atomic_write_text
 from ipt.core.inference.restorer import InferenceOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,8 +67,6 @@ __all__ = [
     "transfer",
     "format_table",
     "plot_transfer",
-    "add_arguments",
-    "run",
 ]
 
 DENOISE_RE = re.compile(r"^denoise([1-9][0-9]{0,2})$")
@@ -335,8 +332,8 @@ def transfer(cfg: TransferConfig, options: InferenceOptions | None = None) -> Tr
         eval_size=cfg.eval_size, results=results, seconds=time.perf_counter() - t0,
     )
     table = format_table(result, show_ssim=cfg.show_ssim)
-    _atomic_write_text(out / "transfer.md", table + "\n")
-    _atomic_write_text(out / "transfer.json", result.model_dump_json(indent=2) + "\n")
+    atomic_write_text(out / "transfer.md", table + "\n")
+    atomic_write_text(out / "transfer.json", result.model_dump_json(indent=2) + "\n")
     plot_transfer(result, out / "transfer.png")
     return result
 
@@ -420,13 +417,4 @@ def plot_transfer(result: TransferResult, path: str | Path) -> Path:
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return atomic_write_file(path, lambda tmp: fig.savefig(tmp, format="png"))
