@@ -4,6 +4,9 @@ The one place the project writes files atomically: write to a temporary name in 
 ``os.replace`` it over the target (atomic on POSIX within one filesystem). Temporary names start with ``.`` and
 are removed when the write fails, interrupts included. New files and folders get the permissions the user's umask
 gives (``tempfile`` creates them 0600/0700, which another user could not read).
+
+:func:`check_not_inputs` is the one check every command runs before writing: no output may replace, or be
+written into, a file or folder the user gave it to read.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 
 def _umask() -> int:
@@ -75,3 +78,52 @@ def atomic_write_dir(target: str | Path, write: Callable[[Path], object]) -> Pat
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+# -- never write over an input --------------------------------------------------------------------------------
+class OverwriteError(ValueError):
+    """A command output that would replace or sit inside one of the command's inputs; ``str()`` names both."""
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_not_inputs(
+    inputs: Iterable[str | Path],
+    option: str,
+    writes: Iterable[str | Path] = (),
+    replaces: Iterable[str | Path] = (),
+    hint: str = "choose another path",
+) -> None:
+    """Refuse outputs that would overwrite, fill or delete something the command reads.
+
+    ``inputs`` are the files and folders a command reads (images, a benchmark folder, a model directory, a
+    checkpoint file). ``writes`` are files it writes and folders it writes into: each must not be an input nor lie
+    inside an input folder. ``replaces`` are folders it replaces or prunes as a whole (a model directory, a
+    checkpoints folder): they must not hold an input either. Paths are compared resolved (relative paths, ``..``,
+    symbolic links) and, for existing files, by identity (hard links). Raises :class:`OverwriteError` with one
+    line naming the output, the input, ``option`` (the flag that chose the output) and ``hint``; writes nothing.
+    """
+    by_path: dict[Path, Path] = {}
+    by_id: dict[tuple[int, int], Path] = {}
+    for given in map(Path, inputs):
+        by_path.setdefault(given.resolve(), given)
+        file_id = _file_id(given)
+        if file_id is not None:
+            by_id.setdefault(file_id, given)
+    for out, whole in [(Path(o), False) for o in writes] + [(Path(o), True) for o in replaces]:
+        resolved = out.resolve()
+        found, relation = by_path.get(resolved) or by_id.get(_file_id(out) or (-1, -1)), "is"
+        if found is None:
+            found = next((by_path[p] for p in resolved.parents if p in by_path), None)
+            relation = "is inside"
+        if found is None and whole:
+            found = next((g for r, g in by_path.items() if resolved in r.parents), None)
+            relation = "would replace the folder holding"
+        if found is not None:
+            raise OverwriteError(f"{option} {out}: refusing to write over an input ({out} {relation} {found}); {hint}")

@@ -15,12 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ipt.core.images.decode import ImageRecord
+from ipt.core.images.io import IMAGE_EXTENSIONS
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageSource", "load_images", "as_source"]
 
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm", ".tga"}
-)
 # Local data files that ``datasets`` reads with a packaged builder (a column of image paths/bytes inside).
 _FILE_BUILDERS = {
     ".csv": "csv",

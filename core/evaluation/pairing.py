@@ -235,7 +235,7 @@ def check_sizes(pairs: list[ImagePair], scale: int) -> None:
                 continue
             dh, dw = image_size(p.degraded)
         except ImageReadError as exc:
-            unreadable.append(f"{exc.path.name} ({exc.reason})")
+            unreadable.append(f"{exc.path.name if exc.path else p.clean.name} ({exc.detail})")
             continue
         mh, mw = modcrop_size(ch, cw, scale)
         if (dh * scale, dw * scale) != (mh, mw):

@@ -1,28 +1,36 @@
-"""Reading and writing images as float tensors on the 0-255 scale (PNG, JPEG, WebP, TIFF, BMP; 8 and 16 bit).
+"""The one image decoder and encoder: files (or bytes) <-> float tensors on the 0-255 scale.
 
-* :func:`read_image` returns a :class:`LoadedImage`: RGB ``(3, H, W)`` float32 on 0-255 (grey is repeated to RGB,
-  16-bit samples are scaled by 255/65535), the alpha channel kept aside ``(H, W)`` on 0-255 (RGBA, LA, palette or
-  grey/RGB images with a transparent colour), the source bit depth (8 or 16) and the PIL mode it had.
-* :func:`write_image` quantises to 8 or 16 bit and re-attaches an alpha channel, resizing it (bicubic) when the
-  image changed size (super-resolution). Files are written under a temporary name and renamed.
-* :func:`iter_images` expands folders (sorted, non-recursive) into image files.
-* :func:`pil_pixels` is the one place that turns any PIL mode into grey/RGB samples on 0-255 (alpha optional); the
-  training data pipeline (:mod:`ipt.core.images.decode`) uses it too.
+PNG, JPEG, WebP, TIFF, BMP, GIF, PNM and TGA at 8 and 16 bit; used by inference, evaluation and the training data
+pipeline (:mod:`ipt.core.images.decode` adapts dataset records to it).
+
+* :func:`read_image` / :func:`decode_image` return a :class:`LoadedImage`: RGB ``(3, H, W)`` float32 on 0-255
+  (grey is repeated to RGB, 16-bit samples are scaled by 255/65535), the alpha channel kept aside ``(H, W)`` on
+  0-255 (RGBA, LA, palette or grey/RGB images with a transparent colour), whether the image is grey (one channel in
+  the file, or R = G = B everywhere), the source bit depth (8 or 16) and the mode it had.
+* :func:`decode_samples` is the decoder underneath: the file's own samples ``(H, W, C)`` (uint8 for 8-bit files,
+  kept small for the training cache) before any conversion to float.
+* :func:`write_image` quantises ``(3, H, W)`` RGB or ``(1, H, W)`` grey to 8 or 16 bit and re-attaches an alpha
+  channel, resizing it (bicubic) when the image changed size (super-resolution). Files are written under a
+  temporary name and renamed (:func:`ipt.core.files.atomic_write_file`).
+* :func:`iter_images` expands folders (sorted, non-recursive) into image files with :data:`IMAGE_EXTENSIONS`.
 
 Pillow decodes 16-bit RGB(A) PNG and TIFF files to 8 bit, so those go through torchvision's PNG decoder and
 tifffile (a dependency of scikit-image) instead; 16-bit PNGs are written by a small encoder here (Pillow cannot).
-Any unreadable, truncated or unsupported file raises :class:`ImageReadError` naming the file.
+Every decoder refuses images over Pillow's pixel limit (``PIL.Image.MAX_IMAGE_PIXELS``, refused above twice that
+as Pillow does) from the header, before any pixel memory is allocated. Any unreadable, truncated, oversized or
+unsupported image raises :class:`ImageReadError` naming the file and carrying a skip category (``reason``).
 """
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -36,34 +44,58 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "CORRUPT",
+    "UNSUPPORTED_MODE",
+    "TOO_LARGE",
     "ImageReadError",
     "UnsupportedImageMode",
     "LoadedImage",
+    "Samples",
     "PilPixels",
     "pil_pixels",
+    "pixel_limit",
+    "check_pixel_limit",
+    "decode_samples",
+    "decode_image",
     "read_image",
     "image_size",
     "write_image",
     "resize_alpha",
+    "is_image_file",
+    "list_images",
     "iter_images",
     "to_uint8",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
+# The one list of image file extensions (lower case): inference, evaluation and the training data all use it.
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pnm", ".tga"}
+)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 _U16_TO_255 = 255.0 / 65535.0
 # 'I' (32-bit integers) is how Pillow opens 16-bit grey PNG/TIFF in some versions, so it is read as 16-bit too.
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
+# Skip categories (``ImageReadError.reason``), counted by the training data pipeline.
+CORRUPT = "corrupt"
+UNSUPPORTED_MODE = "unsupported_mode"
+TOO_LARGE = "too_large"
+
+Source = Union[str, Path, bytes, bytearray]
+
 
 class ImageReadError(ValueError):
-    """An image file that cannot be read; ``str()`` names the file and the reason."""
+    """An image that cannot be read. ``str()`` is ``"<path>: <detail>"``; ``path`` (None for bytes without a
+    name), ``detail`` (the why) and ``reason`` (a skip category: ``corrupt``, ``unsupported_mode``,
+    ``too_large``) are attributes."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None, detail: str, reason: str = CORRUPT) -> None:
+        self.path = Path(path) if path is not None else None
+        self.detail = detail
         self.reason = reason
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{path}: {detail}" if path is not None else detail)
 
 
 class UnsupportedImageMode(ValueError):
@@ -72,12 +104,18 @@ class UnsupportedImageMode(ValueError):
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """An image on the 0-255 scale: ``rgb`` float32 ``(3, H, W)``, ``alpha`` float32 ``(H, W)`` or ``None``."""
+    """An image on the 0-255 scale: ``rgb`` float32 ``(3, H, W)``, ``alpha`` float32 ``(H, W)`` or ``None``.
+
+    ``grey`` is True for a one-channel file (L, I;16, LA, ...) and for colour files whose three channels are
+    equal everywhere; ``channels`` is the number of colour channels in the file (1 or 3, alpha not counted).
+    """
 
     rgb: Tensor
     alpha: Tensor | None
     bit_depth: int  # 8 or 16 (bits per sample of the file)
     mode: str  # the PIL mode (or "RGB;16"/"RGBA;16"... for files decoded without PIL)
+    grey: bool = False
+    channels: int = 3
 
     @property
     def size(self) -> tuple[int, int]:
@@ -85,27 +123,15 @@ class LoadedImage:
         return int(self.rgb.shape[-2]), int(self.rgb.shape[-1])
 
 
-# -- reading -------------------------------------------------------------------------------------------------
-def _png_header(path: Path) -> tuple[int, int] | None:
-    """(bit depth, colour type) from a PNG's IHDR, or None if the file is not a PNG."""
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if len(head) < 26 or not head.startswith(_PNG_SIGNATURE):
-        return None
-    return head[24], head[25]
+class Samples(NamedTuple):
+    """A decoded image as stored: ``array`` ``(H, W, C)``, C = 1 grey, 2 grey+alpha, 3 RGB or 4 RGBA; the value
+    on 0-255 is ``array * scale``."""
 
-
-def _from_array(arr: np.ndarray, scale: float, mode: str, bit_depth: int, path: Path) -> LoadedImage:
-    """(H, W), (H, W, C) with C in 1..4 -> LoadedImage (grey repeated, alpha split)."""
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4):
-        raise ImageReadError(path, f"unsupported image layout {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1) * scale
-    c = t.shape[0]
-    color = t[:1].expand(3, -1, -1) if c in (1, 2) else t[:3]
-    alpha = t[c - 1].clone() if c in (2, 4) else None
-    return LoadedImage(color.clone().clamp_(0, 255), None if alpha is None else alpha.clamp_(0, 255), bit_depth, mode)
+    array: np.ndarray  # uint8 for 8-bit files, else float32 or uint16
+    scale: float
+    bit_depth: int
+    has_alpha: bool
+    mode: str
 
 
 class PilPixels(NamedTuple):
@@ -116,6 +142,26 @@ class PilPixels(NamedTuple):
     has_alpha: bool  # the last channel is (straight, not premultiplied) alpha
 
 
+# -- the pixel limit -----------------------------------------------------------------------------------------
+def pixel_limit() -> int | None:
+    """Pixels above which every decoder refuses an image: twice ``PIL.Image.MAX_IMAGE_PIXELS``, where Pillow
+    itself raises ``DecompressionBombError`` (None when the limit is switched off)."""
+    from PIL import Image
+
+    return None if not Image.MAX_IMAGE_PIXELS else 2 * int(Image.MAX_IMAGE_PIXELS)
+
+
+def check_pixel_limit(width: int, height: int, path: str | Path | None) -> None:
+    """Raise :class:`ImageReadError` (``too_large``) for a ``width`` x ``height`` image over :func:`pixel_limit`."""
+    limit = pixel_limit()
+    if limit is not None and width * height > limit:
+        raise ImageReadError(
+            path, f"image of {width}x{height} = {width * height} pixels is over the limit of {limit} pixels "
+            "(a decompression bomb? raise PIL.Image.MAX_IMAGE_PIXELS to allow it)", TOO_LARGE,
+        )
+
+
+# -- PIL modes -> samples ------------------------------------------------------------------------------------
 def _float_samples_to_255(arr: np.ndarray) -> np.ndarray:
     """Float samples -> float32 on [0, 255]; samples all <= 1 are taken as 0..1 (the usual float convention)."""
     arr = np.nan_to_num(arr.astype(np.float32, copy=False))
@@ -157,90 +203,140 @@ def pil_pixels(im: PILImage, keep_alpha: bool = True) -> PilPixels:
     return PilPixels(arr, 8, has_alpha)
 
 
-def _read_png16(path: Path, colour_type: int) -> LoadedImage:
+# -- decoders ------------------------------------------------------------------------------------------------
+def _head(source: Source, n: int) -> bytes:
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source[:n])
+    with open(source, "rb") as f:
+        return f.read(n)
+
+
+def _decode_png16(source: Source, name: Path | None, colour_type: int) -> Samples:
+    data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
     try:
         with warnings.catch_warnings():
             # torchvision >= 0.29 flags its image codecs as deprecated; it is the one installed decoder that keeps
             # 16-bit colour PNGs at 16 bit (Pillow reduces them to 8 bit).
             warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import ImageReadMode, decode_png, read_file
-
-            data = decode_png(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+            from torchvision.io import ImageReadMode, decode_png
     except ImportError:
-        return _read_pil(path)  # no 16-bit decoder: 8-bit samples from Pillow
+        return _decode_pil(source, name)  # no 16-bit decoder: 8-bit samples from Pillow
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            chw = decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - torchvision raises RuntimeError with libpng's message
-        raise ImageReadError(path, f"cannot decode 16-bit PNG ({exc})") from None
-    arr = data.permute(1, 2, 0).numpy().astype(np.float32)
+        raise ImageReadError(name, f"cannot decode 16-bit PNG ({exc})") from None
     mode = {0: "I;16", 2: "RGB;16", 4: "LA;16", 6: "RGBA;16"}.get(colour_type, "16-bit")
-    return _from_array(arr, _U16_TO_255, mode, 16, path)
+    arr = chw.permute(1, 2, 0).numpy()
+    if arr.dtype != np.uint16:  # torchvision versions differ: int32/uint16 samples
+        arr = arr.astype(np.float32)
+    return Samples(arr, _U16_TO_255, 16, arr.shape[2] in (2, 4), mode)
 
 
-def _read_tiff_deep(path: Path) -> LoadedImage:
+def _decode_tiff_deep(source: Source, name: Path | None) -> Samples | None:
+    """16-bit/float multi-channel TIFFs (Pillow would reduce them); None for TIFFs Pillow reads fully."""
     import tifffile
 
+    handle: str | IO[bytes] = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else str(source)
     try:
-        arr = tifffile.imread(str(path), key=0)
-    except Exception as exc:  # noqa: BLE001
-        raise ImageReadError(path, f"cannot decode TIFF ({exc})") from None
+        with tifffile.TiffFile(handle) as tif:
+            page = tif.pages[0]
+            if int(page.bitspersample) <= 8 or (len(page.shape) == 2 and np.dtype(page.dtype) == np.uint16):
+                return None  # 8-bit, or 16-bit grey: Pillow keeps every bit
+            check_pixel_limit(int(page.imagewidth), int(page.imagelength), name)
+            arr = page.asarray()
+    except (ImageReadError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many types for damaged files
+        raise ImageReadError(name, f"cannot decode TIFF ({exc})") from None
     if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] not in (1, 2, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) storage
+    channels = arr.shape[2] if arr.ndim == 3 else 1
     if arr.dtype == np.uint16:
-        return _from_array(arr, _U16_TO_255, f"TIFF;{arr.dtype}", 16, path)
-    if arr.dtype == np.uint8:
-        return _from_array(arr, 1.0, "TIFF;uint8", 8, path)
+        return Samples(arr, _U16_TO_255, 16, channels in (2, 4), f"TIFF;{arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating):
-        return _from_array(_float_samples_to_255(arr), 1.0, f"TIFF;{arr.dtype}", 16, path)
-    raise ImageReadError(path, f"unsupported TIFF sample type {arr.dtype}")
+        return Samples(_float_samples_to_255(arr), 1.0, 16, channels in (2, 4), f"TIFF;{arr.dtype}")
+    raise ImageReadError(name, f"unsupported TIFF sample type {arr.dtype}", UNSUPPORTED_MODE)
 
 
-def _read_pil(path: Path) -> LoadedImage:
+def _decode_pil(source: Source, name: Path | None) -> Samples:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    handle = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray)) else source
     try:
-        with Image.open(path) as im:
-            im.load()  # decode now: truncated files fail here, not later
-            im = ImageOps.exif_transpose(im)  # camera orientation, as viewers show the photo
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(handle) as im:
+                check_pixel_limit(*im.size, name)
+                im.load()  # decode now: truncated files fail here, not later
+                im = ImageOps.exif_transpose(im) or im  # camera orientation, as viewers show the photo
     except UnidentifiedImageError:
-        raise ImageReadError(path, "not an image file Pillow can identify") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(path, f"cannot decode image ({exc})") from None
+        raise ImageReadError(name, "not an image file Pillow can identify") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(name, f"cannot decode image ({exc})", TOO_LARGE) from None
+    except (ImageReadError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, ValueError, struct.error... for damaged data
+        raise ImageReadError(name, f"cannot decode image ({type(exc).__name__}: {exc})") from None
     try:
         pixels = pil_pixels(im, keep_alpha=True)
     except UnsupportedImageMode as exc:
-        raise ImageReadError(path, str(exc)) from None
-    return _from_array(pixels.array, 1.0, im.mode, pixels.bit_depth, path)
+        raise ImageReadError(name, str(exc), UNSUPPORTED_MODE) from None
+    return Samples(pixels.array, 1.0, pixels.bit_depth, pixels.has_alpha, im.mode)
+
+
+def decode_samples(source: Source, name: str | Path | None = None) -> Samples:
+    """Decode an image file (a path) or its encoded bytes into :class:`Samples`; ``name`` labels errors (default:
+    the path). Dispatches 16-bit colour PNGs to torchvision, deep TIFFs to tifffile, the rest to Pillow; checks
+    the pixel limit from the header first. Raises :class:`ImageReadError`; a ``MemoryError`` passes through."""
+    label = Path(name) if name is not None else None if isinstance(source, (bytes, bytearray)) else Path(source)
+    try:
+        head = _head(source, 33)
+    except OSError as exc:
+        raise ImageReadError(label, f"cannot open ({exc.strerror or exc})") from None
+    if head.startswith(_PNG_SIGNATURE) and len(head) >= 26 and head[24] == 16 and head[25] != 3:
+        width, height = struct.unpack(">II", head[16:24])
+        check_pixel_limit(width, height, label)
+        return _decode_png16(source, label, head[25])
+    if head.startswith(_TIFF_SIGNATURES):
+        deep = _decode_tiff_deep(source, label)
+        if deep is not None:
+            return deep
+    return _decode_pil(source, label)
+
+
+def _to_loaded(samples: Samples) -> LoadedImage:
+    """Samples -> LoadedImage (grey repeated, alpha split, float32 on 0-255)."""
+    arr = samples.array if samples.array.ndim == 3 else samples.array[:, :, None]
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).permute(2, 0, 1)
+    if samples.scale != 1.0:
+        t = t * samples.scale
+    c = t.shape[0]
+    colour_channels = 1 if c in (1, 2) else 3
+    colour = t[:1].expand(3, -1, -1) if colour_channels == 1 else t[:3]
+    alpha = t[c - 1].clone().clamp_(0, 255) if c in (2, 4) else None
+    grey = colour_channels == 1 or bool(torch.equal(colour[0], colour[1]) and torch.equal(colour[1], colour[2]))
+    return LoadedImage(colour.clone().clamp_(0, 255), alpha, samples.bit_depth, samples.mode, grey, colour_channels)
+
+
+def decode_image(source: Source, name: str | Path | None = None) -> LoadedImage:
+    """Decode a path or encoded bytes into a :class:`LoadedImage`; see :func:`decode_samples`."""
+    return _to_loaded(decode_samples(source, name))
 
 
 def read_image(path: str | Path) -> LoadedImage:
-    """Read an image file into a :class:`LoadedImage` (RGB float32 0-255, alpha aside); see the module doc."""
+    """Read an image file into a :class:`LoadedImage` (RGB float32 0-255, alpha aside); see the module doc.
+
+    Raises :class:`ImageReadError` naming the file (missing, a folder, unreadable, over the pixel limit)."""
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "no such file")
     if not path.is_file():
         raise ImageReadError(path, "not a file")
-    try:
-        png = _png_header(path)
-    except OSError as exc:
-        raise ImageReadError(path, f"cannot open ({exc.strerror or exc})") from None
-    if png is not None and png[0] == 16 and png[1] != 3:
-        return _read_png16(path, png[1])
-    if path.suffix.lower() in (".tif", ".tiff") and _tiff_is_deep(path):
-        return _read_tiff_deep(path)
-    return _read_pil(path)
-
-
-def _tiff_is_deep(path: Path) -> bool:
-    """True for TIFFs with more than 8 bits per sample that Pillow would reduce (multi-channel 16-bit, float)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            bits = im.tag_v2.get(258, (8,))  # BitsPerSample
-            mode = im.mode
-    except Exception:  # noqa: BLE001 - let the main reader report the problem
-        return False
-    bits = bits if isinstance(bits, tuple) else (bits,)
-    return max(bits) > 8 and mode not in ("I;16", "I;16L", "I;16B", "I;16N")
+    return decode_image(path)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -249,13 +345,18 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            orientation = im.getexif().get(0x0112, 1) if path.suffix.lower() in (".jpg", ".jpeg", ".webp", ".tif", ".tiff") else 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                exif = path.suffix.lower() in (".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+                orientation = im.getexif().get(0x0112, 1) if exif else 1
     except FileNotFoundError:
         raise ImageReadError(path, "no such file") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not an image file Pillow can identify") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"cannot read image header ({exc})", TOO_LARGE) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(path, f"cannot read image header ({exc})") from None
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
@@ -292,22 +393,29 @@ def _encode_png16(arr: np.ndarray) -> bytes:
 _PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 
 
-def write_image(path: str | Path, rgb: Tensor, alpha: Tensor | None = None, bit_depth: int = 8) -> Path:
-    """Write ``rgb`` ``(3, H, W)`` on 0-255 to ``path`` (format from the extension), quantised to ``bit_depth``.
-
-    ``alpha`` ``(h, w)`` on 0-255 is resized to ``(H, W)`` if needed and stored (PNG, WebP, TIFF; JPEG and BMP
-    cannot hold it and drop it). 16 bit is available for PNG and TIFF.
-    """
-    path = Path(path)
+def _check_write_args(path: Path, image: Tensor, bit_depth: int) -> str:
     fmt = _PIL_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unsupported output format {path.suffix!r} (use one of {', '.join(_PIL_FORMATS)})")
-    if rgb.ndim != 3 or rgb.shape[0] != 3:
-        raise ValueError(f"write_image expects an RGB image (3, H, W), got shape {tuple(rgb.shape)}")
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"write_image expects RGB (3, H, W) or grey (1, H, W), got shape {tuple(image.shape)}")
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
     if bit_depth == 16 and fmt not in ("PNG", "TIFF"):
         raise ValueError(f"{path}: 16-bit output needs .png or .tif, not {path.suffix}")
+    return fmt
+
+
+def write_image(path: str | Path, rgb: Tensor, alpha: Tensor | None = None, bit_depth: int = 8) -> Path:
+    """Write ``rgb`` ``(3, H, W)`` (or grey ``(1, H, W)``) on 0-255 to ``path`` (format from the extension),
+    quantised to ``bit_depth``.
+
+    ``alpha`` ``(h, w)`` on 0-255 is resized to ``(H, W)`` if needed and stored (PNG, WebP, TIFF; JPEG and BMP
+    cannot hold it and drop it). Grey is stored as one channel (L, LA, 16-bit grey). 16 bit is available for PNG
+    and TIFF. Raises ``ValueError`` for an unsupported format, shape or depth.
+    """
+    path = Path(path)
+    fmt = _check_write_args(path, rgb, bit_depth)
     h, w = rgb.shape[-2:]
     channels = rgb.detach().float().cpu()
     if alpha is not None and fmt not in ("JPEG", "BMP"):
@@ -321,11 +429,14 @@ def write_image(path: str | Path, rgb: Tensor, alpha: Tensor | None = None, bit_
         else:
             import tifffile
 
-            atomic_write_file(path, lambda p: tifffile.imwrite(str(p), arr, photometric="rgb"))
+            photometric = "rgb" if arr.shape[2] >= 3 else "minisblack"
+            extra = "unassalpha" if arr.shape[2] in (2, 4) else None
+            atomic_write_file(path, lambda p: tifffile.imwrite(str(p), arr, photometric=photometric, extrasamples=extra))
         return path
     from PIL import Image
 
-    im = Image.fromarray(to_uint8(channels))
+    arr8 = to_uint8(channels)
+    im = Image.fromarray(arr8[..., 0], "L") if arr8.shape[2] == 1 else Image.fromarray(arr8)
     save_kwargs = {"JPEG": {"quality": 95}, "WEBP": {"lossless": True}}.get(fmt, {})
     atomic_write_file(path, lambda p: im.save(p, format=fmt, **save_kwargs))
     return path
@@ -351,7 +462,7 @@ def iter_images(paths: Iterable[str | Path]) -> Iterator[Path]:
         if p.is_dir():
             found = list_images(p)
             if not found:
-                raise ValueError(f"{p}: no images in this folder (looked for {', '.join(IMAGE_EXTENSIONS)})")
+                raise ValueError(f"{p}: no images in this folder (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
             yield from found
         elif p.exists():
             yield p
