@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ipt.cli import main
+from ipt.core.images.channels import fill_transparent
 from ipt.core.images.io import read_image, write_image
 from ipt.core.model import IPT
 from ipt.core.inference.tiling import TiledRestorer
@@ -38,10 +39,13 @@ def test_sr2_outputs_scaled_with_alpha(model_dir: Path, inputs: Path, tmp_path: 
     assert a.shape == (100, 140, 4)  # x2, alpha re-attached at the output size
     assert abs(int(a[50, 0, 3]) - 0) <= 2 and abs(int(a[50, -1, 3]) - 255) <= 2
     b = Image.open(out / "b.png")
-    assert b.size == (82, 60) and b.mode == "RGB"
-    # The written image is the model's tiled output, quantised.
+    assert b.size == (82, 60) and b.mode == "L"  # grey in, grey out
+    # The written image is the model's tiled output, quantised; column 0 is fully transparent (alpha ramp from 0),
+    # so its hidden colour is first replaced by the visible colour next to it.
     model = IPT.from_pretrained(model_dir).eval()
-    x = read_image(inputs / "a.png").rgb
+    loaded = read_image(inputs / "a.png")
+    x = fill_transparent(loaded.rgb, loaded.alpha)
+    assert torch.equal(x[:, :, 1:], loaded.rgb[:, :, 1:]) and not torch.equal(x[:, :, 0], loaded.rgb[:, :, 0])
     with torch.inference_mode():
         y = TiledRestorer(lambda t: model(t, "sr2"), 2, overlap=10, blend="smooth")(x)
     assert np.array_equal(a[..., :3], y.clamp(0, 255).round().byte().permute(1, 2, 0).numpy())

@@ -2,10 +2,15 @@
 
     ipt restore --task denoise30 --model MODEL_DIR photo.jpg scans/ -o restored/ [--compare --reference REF]
 
-Inputs are files or folders (their images, sorted). Each image is read as RGB (grey -> RGB, alpha kept aside and
-re-attached, resized for SR), restored with :class:`~ipt.core.inference.TaskRestorer` and written as an 8-bit PNG
-(``--keep-depth`` keeps 16-bit inputs at 16 bit). An image that cannot be read or restored is named on stderr; the
-others are still processed and the command exits with 1 and a summary. ``--compare`` also writes
+Inputs are files or folders (their images, sorted). Each image is read as RGB, restored with
+:class:`~ipt.core.inference.TaskRestorer` and written as an 8-bit PNG (``--keep-depth`` keeps 16-bit inputs at 16
+bit). Grey inputs (L, I;16, LA, or R = G = B) come back grey in their own mode (:mod:`ipt.core.images.channels`);
+alpha is kept aside, resized with the image and re-attached, and the colour hidden under fully transparent pixels
+is replaced by the visible colour before restoring (no halo). Nothing is written over an input: an output that
+would replace an input image or reference, or ``-o`` set to an input folder, is refused before the model loads
+(``--suffix TEXT`` names outputs ``<stem>TEXT.png`` to write beside the inputs). An image that cannot be read or
+restored (unreadable, over the pixel limit, out of memory, non-finite output) is named on stderr; the others are
+still processed and the command exits with 1 and a summary. ``--compare`` also writes
 ``<stem>_compare.png``: input (nearest-upscaled for SR) | output [| reference], labelled with the task and, with a
 reference, the PSNR on Y (task conventions).
 """
@@ -16,6 +21,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +32,20 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
-from ipt.core.images.io import IMAGE_EXTENSIONS, ImageReadError, LoadedImage, read_image, to_uint8, write_image
+from ipt.core.files import check_not_inputs
+from ipt.core.images.channels import fill_transparent, grey_plane
+from ipt.core.images.io import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    LoadedImage,
+    iter_images,
+    read_image,
+    to_uint8,
+    write_image,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipt.core.inference.restorer import TaskRestorer
 
 __all__ = ["add_arguments", "run", "compare_panel", "find_reference", "restore_files"]
 
@@ -45,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", metavar="DIR_OR_FILE", default=None,
                         help="clean reference(s) for --compare, matched by file stem; adds the PSNR to the label")
     parser.add_argument("--keep-depth", action="store_true", help="write 16-bit inputs as 16-bit PNGs")
+    parser.add_argument("--suffix", default="", metavar="TEXT",
+                        help="name outputs <stem>TEXT.png (lets -o be the input folder: outputs beside the inputs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_model_arguments(parser, InferenceOptions, config_flag=False)
 
@@ -55,7 +76,7 @@ def find_reference(reference: Path | None, stem: str, single_input: bool) -> Pat
         return None
     if reference.is_file():
         return reference if single_input else (reference if reference.stem == stem else None)
-    for ext in IMAGE_EXTENSIONS:
+    for ext in sorted(IMAGE_EXTENSIONS):
         for cand in (reference / f"{stem}{ext}", reference / f"{stem}{ext.upper()}"):
             if cand.is_file():
                 return cand
@@ -112,80 +133,154 @@ def _write_compare(
     write_image(out_path, write_rgb)
 
 
-def _check_collisions(paths: list[Path], out_dir: Path) -> None:
+def _output_names(paths: list[Path], out_dir: Path, suffix: str, compare: bool) -> list[tuple[Path, Path | None]]:
+    """``(OUT_DIR/<stem><suffix>.png, OUT_DIR/<stem><suffix>_compare.png or None)`` per input; two inputs with the
+    same stem are refused (they would write one file)."""
     by_stem: dict[str, list[Path]] = {}
     for p in paths:
         by_stem.setdefault(p.stem, []).append(p)
     clashes = {s: ps for s, ps in by_stem.items() if len(ps) > 1}
     if clashes:
-        listed = "; ".join(f"{out_dir / (s + '.png')} <- {', '.join(map(str, ps))}" for s, ps in clashes.items())
+        listed = "; ".join(f"{out_dir / (s + suffix + '.png')} <- {', '.join(map(str, ps))}" for s, ps in clashes.items())
         raise ValueError(f"several inputs would write the same output: {listed}")
+    return [(out_dir / f"{p.stem}{suffix}.png", out_dir / f"{p.stem}{suffix}_compare.png" if compare else None)
+            for p in paths]
 
 
-def restore_files(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ipt.core.commands.options import parse_config
-    from ipt.core.images.io import iter_images
-    from ipt.core.inference.restorer import InferenceOptions, TaskRestorer, load_task_model, resolve_device
-
-    options = parse_config(InferenceOptions, args)
-    paths = list(iter_images(args.inputs))
+def _check_outputs(args: argparse.Namespace, paths: list[Path], outputs: list[tuple[Path, Path | None]],
+                   reference: Path | None) -> None:
+    """No output may replace an input image or a reference; without ``--suffix``, ``-o`` may not be an input
+    folder either (the outputs would mix with the photos they came from)."""
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir}: -o must be a folder")
-    _check_collisions(paths, out_dir)
+    hint = "choose another -o folder, or add --suffix to write beside the input under a new name"
+    if not args.suffix:
+        folders = [p for p in map(Path, args.inputs) if p.is_dir()]
+        check_not_inputs(folders, "-o", writes=[f for f in folders if f.resolve() == out_dir.resolve()], hint=hint)
+    files = [f for pair in outputs for f in pair if f is not None]
+    check_not_inputs([*paths, *([reference] if reference else [])], "-o", writes=files, hint=hint)
+
+
+def _restore_image(restorer: "TaskRestorer", loaded: LoadedImage, progress: Callable[[int, int], None]) -> Tensor:
+    """The network's output for one image, brought back to the input's kind: ``(3, H', W')``, or ``(1, H', W')``
+    for one-channel grey files. Hidden colour under alpha = 0 is replaced first (no halo); grey inputs come back
+    with R = G = B; a non-finite output (damaged weights) raises ``ValueError`` instead of writing a black image."""
+    restored = restorer(fill_transparent(loaded.rgb, loaded.alpha), progress=progress)
+    if not bool(torch.isfinite(restored).all()):
+        bad = int((~torch.isfinite(restored)).sum())
+        raise ValueError(f"the model output has {bad} non-finite values (NaN/inf): are its weights damaged?")
+    if loaded.grey:
+        plane = grey_plane(restored)
+        return plane if loaded.channels == 1 else plane.expand(3, -1, -1).contiguous()
+    return restored
+
+
+class _Progress:
+    """The two progress bars of ``ipt restore`` (images, tiles of the current image) and its stderr lines."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.images = tqdm(total=total, desc="images", unit="img", disable=quiet or None, file=sys.stderr)
+        self.tiles = tqdm(total=0, desc="tiles", unit="tile", leave=False, disable=quiet or None, file=sys.stderr)
+
+    def tile(self, done: int, total: int) -> None:
+        self.tiles.total = total
+        self.tiles.n = done
+        self.tiles.refresh()
+
+    def say(self, msg: str) -> None:
+        self._tqdm.write(f"ipt restore: {msg}", file=sys.stderr)
+
+    def close(self) -> None:
+        self.tiles.close()
+        self.images.close()
+
+
+@dataclass
+class _Run:
+    """What every image of one ``ipt restore`` call shares."""
+
+    args: argparse.Namespace
+    restorer: "TaskRestorer"
+    crop_border: int
+    reference: Path | None
+    single: bool
+    bars: _Progress
+
+
+def _restore_one(run: _Run, path: Path, out: Path, compare: Path | None) -> None:
+    """Read, restore and write one input (and its comparison panel); raises on any failure of this image."""
+    loaded = read_image(path)
+    run.bars.tiles.reset()
+    restored = _restore_image(run.restorer, loaded, run.bars.tile)
+    depth = 16 if run.args.keep_depth and loaded.bit_depth == 16 else 8
+    write_image(out, restored, loaded.alpha, bit_depth=depth)
+    if compare is not None:
+        ref = find_reference(run.reference, path.stem, run.single)
+        if run.reference is not None and ref is None:
+            run.bars.say(f"warning: no reference for {path.name} in {run.reference}")
+        _write_compare(compare, run.args.task, run.restorer.scale, run.crop_border, loaded,
+                       restored.expand(3, -1, -1), ref, lambda m: run.bars.say(f"warning: {m}"))
+
+
+def _check_reference(args: argparse.Namespace) -> Path | None:
     reference = Path(args.reference) if args.reference else None
     if reference is not None and not reference.exists():
         raise FileNotFoundError(f"{reference}: --reference not found")
     if reference is not None and not args.compare:
         raise ValueError("--reference is only used with --compare")
+    return reference
 
-    device = resolve_device(options.device)
-    model = load_task_model(args.model, args.task, device)
+
+def restore_files(args: argparse.Namespace) -> int:
+    """``ipt restore``: check every input and output first, load the model, then restore image by image; an
+    image that fails (unreadable, too large, out of memory, non-finite output) is reported and skipped."""
+    from ipt.core.commands.options import parse_config
+    from ipt.core.inference.restorer import InferenceOptions, TaskRestorer, load_task_model, resolve_device
+
+    options = parse_config(InferenceOptions, args)
+    paths = list(iter_images(args.inputs))
+    out_dir = Path(args.output)
+    reference = _check_reference(args)
+    outputs = _output_names(paths, out_dir, args.suffix, args.compare)
+    _check_outputs(args, paths, outputs, reference)
+
+    model = load_task_model(args.model, args.task, resolve_device(options.device))
     restorer = TaskRestorer(model, args.task, options)
-    spec = model.spec(args.task)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    quiet = args.quiet
     failures: list[tuple[Path, str]] = []
-    written = 0
     t0 = time.perf_counter()
-    images_bar = tqdm(paths, desc="images", unit="img", disable=quiet or None, file=sys.stderr)
-    tiles_bar = tqdm(total=0, desc="tiles", unit="tile", leave=False, disable=quiet or None, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        tiles_bar.total = total
-        tiles_bar.n = done
-        tiles_bar.refresh()
-
-    def warn(msg: str) -> None:
-        tqdm.write(f"ipt restore: warning: {msg}", file=sys.stderr)
-
-    for path in images_bar:
+    bars = _Progress(len(paths), args.quiet)
+    run = _Run(args, restorer, model.spec(args.task).crop_border, reference, len(paths) == 1, bars)
+    for path, (out, compare) in zip(paths, outputs):
         try:
-            loaded = read_image(path)
-            tiles_bar.reset()
-            restored = restorer(loaded.rgb, progress=progress)
-            depth = 16 if args.keep_depth and loaded.bit_depth == 16 else 8
-            write_image(out_dir / f"{path.stem}.png", restored, loaded.alpha, bit_depth=depth)
-            if args.compare:
-                ref = find_reference(reference, path.stem, len(paths) == 1)
-                if reference is not None and ref is None:
-                    warn(f"no reference for {path.name} in {reference}")
-                _write_compare(out_dir / f"{path.stem}_compare.png", args.task, spec.scale, spec.crop_border,
-                               loaded, restored, ref, warn)
-            written += 1
-        except (ImageReadError, OSError, ValueError, RuntimeError) as exc:
-            reason = exc.reason if isinstance(exc, ImageReadError) else str(exc).splitlines()[0]
+            _restore_one(run, path, out, compare)
+        except (ImageReadError, OSError, ValueError, RuntimeError, MemoryError) as exc:
+            reason = _reason(exc)
             failures.append((path, reason))
-            tqdm.write(f"ipt restore: {path}: {reason}", file=sys.stderr)
-    tiles_bar.close()
-    images_bar.close()
+            bars.say(f"{path}: {reason}")
+        bars.images.update()
+    bars.close()
+    return _summary(args, paths, failures, restorer.tiles, time.perf_counter() - t0)
 
-    seconds = time.perf_counter() - t0
-    print(f"restored {written} of {len(paths)} image(s) with {args.task} into {out_dir} "
-          f"({restorer.tiles} tiles, {seconds:.1f} s)")
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ImageReadError):
+        return exc.detail
+    if isinstance(exc, MemoryError):
+        return "out of memory restoring this image (try a smaller --tile-batch, or a smaller image)"
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _summary(args: argparse.Namespace, paths: list[Path], failures: list[tuple[Path, str]], tiles: int,
+             seconds: float) -> int:
+    written = len(paths) - len(failures)
+    print(f"restored {written} of {len(paths)} image(s) with {args.task} into {args.output} "
+          f"({tiles} tiles, {seconds:.1f} s)")
     if failures:
         listed = ", ".join(f"{p.name} ({why})" for p, why in failures)
         print(f"ipt restore: {len(failures)} of {len(paths)} images failed: {listed}", file=sys.stderr)
