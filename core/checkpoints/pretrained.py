@@ -8,15 +8,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ipt.core.files import atomic_write_dir
 from ipt.core.model.config import ModelConfig
+from ipt.registry.spec import TASK_NAME_RE
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+FORMAT = "ipt-model"
 FORMAT_VERSION = 1
+MAX_CONFIG_BYTES = 1 << 20  # a config.json is a few kB; anything near a megabyte is not one
 
 
 class TaskEntry(BaseModel):
@@ -25,10 +29,17 @@ class TaskEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    scale: int
+    scale: int = Field(..., ge=1, le=16)
     plugin: str | None = None
     distribution: str | None = None
     version: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _task_name(cls, v: str) -> str:
+        if not TASK_NAME_RE.match(v):
+            raise ValueError(f"task name {v!r} is not a task name (it must match {TASK_NAME_RE.pattern})")
+        return v
 
 
 class SavedModelConfig(BaseModel):
@@ -36,8 +47,8 @@ class SavedModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    format: str = "ipt-model"
-    format_version: int = FORMAT_VERSION
+    format: str = FORMAT
+    format_version: int = Field(FORMAT_VERSION, ge=1)
     ipt_version: str | None = None
     architecture: ModelConfig
     tasks: list[TaskEntry] = Field(default_factory=list)
@@ -95,16 +106,49 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, **extra: Any)
 
 
 def read_config(directory: str | Path) -> SavedModelConfig:
-    """Read and validate ``config.json`` of a model directory."""
+    """Read and validate ``config.json`` of a model directory.
+
+    Raises :class:`CheckpointError` (one line naming the file) for a missing, oversized (> 1 MiB), too deeply
+    nested or malformed file, an invalid architecture or task list, a ``format`` other than ``ipt-model`` and a
+    ``format_version`` newer than this version of ipt reads.
+    """
     path = Path(directory) / CONFIG_NAME
     if not Path(directory).is_dir():
         raise CheckpointError(f"{directory}: not a model directory (it does not exist or is not a folder)")
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; a model directory holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{path}: {path.stat().st_size} bytes is too large for a model config (max 1 MiB)")
     try:
-        return SavedModelConfig.model_validate(json.loads(path.read_text()))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise CheckpointError(f"{path}: invalid model config: {exc}") from exc
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{path}: invalid model config: nested too deeply") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: invalid model config: not JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: invalid model config: a JSON object is expected, found {type(raw).__name__}")
+    _check_format(raw, path)
+    try:
+        return SavedModelConfig.model_validate(raw)
+    except (ValidationError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: invalid model config: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _check_format(raw: dict[str, Any], path: Path) -> None:
+    fmt, version = raw.get("format", FORMAT), raw.get("format_version", FORMAT_VERSION)
+    if fmt != FORMAT:
+        raise CheckpointError(f"{path}: format {fmt!r} is not an ipt model directory (expected {FORMAT!r})")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format_version {version} was written by a newer ipt (this one reads up to {FORMAT_VERSION}): "
+            "upgrade ipt (pip install -U ipt-framework)"
+        )
 
 
 def resolve_tasks(cfg: SavedModelConfig, names: Sequence[str], source: str) -> list[Any]:
@@ -138,12 +182,17 @@ def resolve_tasks(cfg: SavedModelConfig, names: Sequence[str], source: str) -> l
 
 def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped tensors."""
+    check_shapes({k: tuple(v.shape) for k, v in expected.items()}, {k: tuple(v.shape) for k, v in found.items()}, source)
+
+
+def check_shapes(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """:func:`check_state_dict` on shapes alone (names -> shape tuples)."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     shapes = sorted(
-        f"{k}: expected {tuple(expected[k].shape)}, found {tuple(found[k].shape)}"
+        f"{k}: expected {tuple(expected[k])}, found {tuple(found[k])}"
         for k in set(expected) & set(found)
-        if tuple(expected[k].shape) != tuple(found[k].shape)
+        if tuple(expected[k]) != tuple(found[k])
     )
     if missing or unexpected or shapes:
         parts = []
@@ -154,10 +203,49 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, t
         raise CheckpointError(f"{source}: weights do not match the model ({'; '.join(parts)})")
 
 
+def header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header (no tensor data is read)."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CheckpointError(f"{weights}: cannot read safetensors file: {exc}") from exc
+
+
+def _own_keys(saved: Sequence[str], kept: Sequence[str]) -> Any:
+    """A predicate: does a state-dict key belong to a kept task (or the shared body)?"""
+    dropped = [t for t in saved if t not in kept]
+    own = tuple(f"{part}.{t}." for t in dropped for part in ("heads", "tails"))
+    embeds = {f"task_embed.{t}" for t in dropped}
+    return lambda k: not (dropped and (k.startswith(own) or k in embeds))
+
+
+def _expected_shapes(cfg: SavedModelConfig, specs: list[Any]) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes the config implies, from a model built on the meta device (no memory)."""
+    from ipt.core.model.ipt import IPT
+
+    with torch.device("meta"):
+        meta = IPT(cfg.architecture, specs)
+    return {k: tuple(v.shape) for k, v in meta.state_dict().items()}
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+        raise CheckpointError(f"{source}: the weights hold NaN or infinite values ({shown}); the file is damaged")
+
+
 def load_pretrained(
     directory: str | Path, tasks: Sequence[str] | None = None, map_location: str | torch.device = "cpu"
 ) -> Any:
-    """Load a model directory. ``tasks`` keeps only those tasks (each must be in the checkpoint)."""
+    """Load a model directory. ``tasks`` keeps only those tasks (each must be in the checkpoint).
+
+    Everything is checked before memory is allocated for the model: the config (:func:`read_config`), the
+    tasks' plugins, and every tensor shape in the safetensors header against the shapes the config implies
+    (a config asking for a huge model fails here, not in the allocator). The weights must be finite. Raises
+    :class:`CheckpointError` (or :class:`MissingPluginError`) with one line naming the file.
+    """
     from ipt.core.model.ipt import IPT
 
     directory = Path(directory)
@@ -174,19 +262,18 @@ def load_pretrained(
     # Only the kept tasks need their plugins: loading sr2 from a multi-task model works without the others.
     kept = list(tasks) if tasks is not None else saved
     specs = resolve_tasks(cfg, kept, str(directory))
-    model = IPT(cfg.architecture, specs)
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")
+    keep = _own_keys(saved, kept)
+    check_shapes(_expected_shapes(cfg, specs), {k: v for k, v in header_shapes(weights).items() if keep(k)}, str(weights))
     try:
         state = load_file(str(weights), device=str(map_location))
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
         raise CheckpointError(f"{weights}: cannot read safetensors file: {exc}") from exc
-    dropped = [t for t in saved if t not in kept]
-    if dropped:
-        own = tuple(f"{part}.{t}." for t in dropped for part in ("heads", "tails"))
-        embeds = {f"task_embed.{t}" for t in dropped}
-        state = {k: v for k, v in state.items() if not k.startswith(own) and k not in embeds}
+    state = {k: v for k, v in state.items() if keep(k)}
+    _check_finite(state, str(weights))
+    model = IPT(cfg.architecture, specs)
     check_state_dict(model.state_dict(), state, str(weights))
     model.load_state_dict(state, strict=True)
     return model
