@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt.core.commands.options import add_model_arguments, parse_config
+from ipt.core.files import check_not_inputs
 from ipt.core.evaluation.evaluate import EvalResult, evaluate
 from ipt.core.inference.restorer import InferenceOptions, load_task_model, resolve_device
 
@@ -48,7 +49,7 @@ def _row(name: str, s: Any, b: Any, width: int) -> str:
 
 def format_table(result: EvalResult) -> str:
     """The per-image table and the mean, as ``ipt eval`` prints it."""
-    width = max([4, *map(len, result.per_image)])
+    width = max([4, *(len(n) + 1 for n in result.per_image)])
     base = result.baseline
     head = [f"{'image':<{width}}"] + [f"{h:>{_COL}}" for h in ("PSNR-Y", "SSIM-Y", "PSNR-RGB")]
     if base is not None:
@@ -60,9 +61,23 @@ def format_table(result: EvalResult) -> str:
         "  ".join(head),
     ]
     for name, s in result.per_image.items():
-        lines.append(_row(name, s, base.per_image[name] if base is not None else None, width))
+        shown = f"{name}*" if s.grey else name
+        lines.append(_row(shown, s, base.per_image[name] if base is not None else None, width))
     lines.append(_row("mean", result, base, width) + f"   (n={result.n})")
+    if result.grey_images:
+        lines.append(f"{result.grey_images} of {result.n} images are grey (marked *): degraded on one plane, "
+                     "outputs made grey (channel mean) before scoring")
     return "\n".join(lines)
+
+
+def check_save_dir(data: Path, save_dir: str | Path | None) -> None:
+    """``--save-dir`` may not be the benchmark folder or lie inside it (outputs would replace ground truth or join
+    the benchmark), nor, for a one-image ``--data``, write over that image. Raises :class:`OverwriteError`."""
+    if save_dir is None:
+        return
+    save = Path(save_dir)
+    writes = [save, *([save / f"{data.stem}.png"] if data.is_file() else [])]
+    check_not_inputs([data], "--save-dir", writes=writes, hint="save the restored images outside the benchmark folder")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data)
     if not data.exists():
         raise FileNotFoundError(f"{data}: --data not found")
+    check_save_dir(data, args.save_dir)
     model = load_task_model(args.model, args.task, resolve_device(options.device))
     result = evaluate(
         model, args.task, data, baseline=args.baseline, seed=args.seed, limit=args.limit,

@@ -26,6 +26,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from ipt.core.files import check_not_inputs
 from ipt.core.inference.restorer import InferenceOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +45,9 @@ __all__ = [
     "baseline_image",
 ]
 
-Sample = tuple[str, Tensor, Tensor]  # (name, degraded (3,h,w), clean (3,H,W)) on 0-255
+# (name, degraded (3,h,w), clean (3,H,W)) on 0-255, optionally followed by ``grey`` (bool): a grey image, whose
+# restored output is reduced to one plane (channel mean, as ``ipt restore`` writes grey files) before scoring.
+Sample = tuple  # tuple[str, Tensor, Tensor] | tuple[str, Tensor, Tensor, bool]
 
 
 class ImageScore(BaseModel):
@@ -55,6 +58,7 @@ class ImageScore(BaseModel):
     psnr_y: float
     ssim_y: float
     psnr_rgb: float
+    grey: bool = Field(False, description="a grey image: degraded on one plane, restored output made grey")
 
 
 class ScoreSummary(BaseModel):
@@ -99,6 +103,7 @@ class EvalResult(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     per_image: dict[str, ImageScore] = Field(default_factory=dict)
     baseline: BaselineSummary | None = None
+    grey_images: int = Field(0, description="how many of the images were grey (degraded and restored as grey)")
 
 
 # -- loading -------------------------------------------------------------------------------------------------
@@ -115,19 +120,24 @@ def _modcrop(img: Tensor, scale: int) -> Tensor:
 
 
 def load_pairs(pairs: "Iterable[ImagePair]", spec: "TaskSpec", seed: int = 0) -> Iterator[Sample]:
-    """Read each pair lazily: the clean image (modcropped for SR) and the stored or freshly degraded input."""
+    """Read each pair lazily: the clean image (modcropped for SR) and the stored or freshly degraded input, and
+    whether it is grey. A grey clean image is degraded as grey: the degradation's first plane is kept and
+    repeated (noise of the task's sigma on one plane, not three independent ones)."""
     from ipt.core.images.io import read_image
 
     for p in pairs:
-        clean = _modcrop(read_image(p.clean).rgb, spec.scale)
+        loaded = read_image(p.clean)
+        clean = _modcrop(loaded.rgb, spec.scale)
         if p.degraded is None:
             g = torch.Generator().manual_seed(pair_seed(seed, p.name))
             degraded = spec.degrade(clean, g).float()
+            if loaded.grey:
+                degraded = degraded[:1].expand(3, -1, -1).contiguous()
         else:
             degraded = read_image(p.degraded).rgb
             h, w = degraded.shape[-2:]
             clean = clean[:, : h * spec.scale, : w * spec.scale]
-        yield p.name, degraded, clean
+        yield p.name, degraded, clean, loaded.grey
 
 
 def baseline_image(degraded: Tensor, scale: int) -> Tensor:
@@ -140,11 +150,11 @@ def baseline_image(degraded: Tensor, scale: int) -> Tensor:
 
 
 # -- scoring -------------------------------------------------------------------------------------------------
-def _score(restored: Tensor, clean: Tensor, spec: "TaskSpec") -> ImageScore:
+def _score(restored: Tensor, clean: Tensor, spec: "TaskSpec", grey: bool = False) -> ImageScore:
     from ipt.core.evaluation.metrics import score
 
     s = score(restored, clean, spec.scale, color_space=spec.metrics.color_space, crop_border=spec.crop_border)
-    return ImageScore(psnr_y=s["psnr_y"], ssim_y=s["ssim_y"], psnr_rgb=s["psnr_rgb"])
+    return ImageScore(psnr_y=s["psnr_y"], ssim_y=s["ssim_y"], psnr_rgb=s["psnr_rgb"], grey=grey)
 
 
 def _task_spec(model: Any, task: "str | TaskSpec") -> "TaskSpec":
@@ -178,6 +188,7 @@ def evaluate_pairs(
     """
     from tqdm import tqdm
 
+    from ipt.core.images.channels import grey_plane
     from ipt.core.images.io import write_image
     from ipt.core.inference.restorer import TaskRestorer
     from ipt.core.evaluation.metrics import quantize
@@ -191,7 +202,8 @@ def evaluate_pairs(
     base_scores: dict[str, ImageScore] = {}
     t0 = time.perf_counter()
     bar = tqdm(pairs, total=total, desc=f"eval {spec.name}", unit="img", disable=not progress or None, file=sys.stderr)
-    for name, degraded, clean in bar:
+    for name, degraded, clean, *rest in bar:
+        grey = bool(rest and rest[0])
         if name in per_image:
             raise ValueError(f"two samples are named {name!r}")
         if restorer is not None:
@@ -201,15 +213,17 @@ def evaluate_pairs(
                 restored = model_or_fn(degraded).detach().float().cpu().clamp(0, 255)  # type: ignore[operator]
         if restored.shape != clean.shape:
             raise ValueError(f"{name}: restored image is {tuple(restored.shape)}, clean image {tuple(clean.shape)}")
+        if grey:
+            restored = grey_plane(restored).expand(3, -1, -1)
         restored = quantize(restored)
         try:
-            per_image[name] = _score(restored, clean, spec)
+            per_image[name] = _score(restored, clean, spec, grey)
             if baseline:
-                base_scores[name] = _score(baseline_image(degraded, spec.scale), clean, spec)
+                base_scores[name] = _score(baseline_image(degraded, spec.scale), clean, spec, grey)
         except ValueError as exc:  # e.g. an image too small for SSIM's 11x11 window after the border crop
             raise ValueError(f"{name}: cannot be scored: {exc}") from exc
         if save is not None:
-            write_image(save / f"{name}.png", restored)
+            write_image(save / f"{name}.png", restored[:1] if grey else restored)
         if on_image is not None:
             on_image(name, per_image[name], base_scores.get(name))
     bar.close()
@@ -228,6 +242,7 @@ def evaluate_pairs(
         seconds=time.perf_counter() - t0,
         options={**options.model_dump(), "resolved_device": str(restorer.device) if restorer else None},
         baseline=base,
+        grey_images=sum(s.grey for s in per_image.values()),
         **summary.model_dump(),
     )
 
@@ -259,6 +274,10 @@ def evaluate(
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     check_sizes(pairs, spec.scale)
+    if save_dir is not None:  # outputs may not replace or join the benchmark's own files
+        outputs = [Path(save_dir), *(Path(save_dir) / f"{p.name}.png" for p in pairs)]
+        inputs = [Path(data_dir), *(f for p in pairs for f in (p.clean, p.degraded) if f is not None)]
+        check_not_inputs(inputs, "--save-dir", writes=outputs, hint="save the restored images outside the benchmark")
     result = evaluate_pairs(
         model, spec, load_pairs(pairs, spec, seed), options=options, baseline=baseline, save_dir=save_dir,
         progress=progress, total=len(pairs), on_image=on_image,
