@@ -17,6 +17,7 @@ from ipt.core.checkpoints.official import (
     resolve_task_names,
 )
 from ipt.core.checkpoints.pretrained import read_config
+from ipt.core.files import check_not_inputs
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.out_dir is None:
         raise ValueError("OUT_DIR is required to convert (or pass --inspect to only print the layout)")
+    # OUT_DIR is replaced as a whole: it may not be the checkpoint or a folder holding it.
+    check_not_inputs([args.checkpoint], "OUT_DIR", replaces=[args.out_dir], hint="choose a new folder for the model")
     out = convert_file(args.checkpoint, args.out_dir, args.tasks, args.num_heads)
 
     tasks = ", ".join(f"{t.name} (x{t.scale})" for t in read_config(out).tasks)
