@@ -89,7 +89,8 @@ def test_bench_tiny_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert {r["variant"] for r in restore["variants"]} == {"ipt-fp32", "ipt-bf16"}
     memory = report["memory"]
     assert memory["pixel_ratio"] == 4
-    assert memory["large"]["tiles"] == 9 and memory["small"]["tiles"] == 1
+    # 48 and 96 px sides plus the 8 px reflection margin on every side: 64 -> 2 x 2 tiles, 112 -> 3 x 3 tiles
+    assert memory["large"]["tiles"] == 9 and memory["small"]["tiles"] == 4
     assert memory["one_tile_batch"]["tiles"] == 4  # one --tile-batch of the benchmarked preset
     assert memory["large"]["peak_rss_above_model_mb"] >= 0
     assert "ipt bench" in capsys.readouterr().out

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from ipt.cli import main
 from ipt.core.evaluation.evaluate import evaluate, load_pairs
 from ipt.core.evaluation.pairing import detect_layout
 from ipt.core.files import OverwriteError
 from ipt.core.images.resize import imresize
 from ipt.core.model import IPT
+from PIL import Image
+
+from ipt.cli import main
 
 
 def _sha(p: Path) -> str:

@@ -11,11 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ipt.core.checkpoints.pretrained import (
+    CheckpointError,
+    load_pretrained,
+    read_config,
+)
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ipt.cli import main
-from ipt.core.checkpoints.pretrained import CheckpointError, load_pretrained, read_config
 
 
 @pytest.fixture

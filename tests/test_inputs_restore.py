@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ipt.core.files import OverwriteError, check_not_inputs
+from ipt.core.images.channels import fill_transparent, grey_plane
+from ipt.core.images.io import ImageReadError, read_image
 from PIL import Image
 
 from ipt.cli import main
-from ipt.core.files import OverwriteError, check_not_inputs
-from ipt.core.images.channels import fill_transparent, grey_plane
-from ipt.core.images.io import ImageReadError, read_image, write_image
 
 
 def _sha(p: Path) -> str:

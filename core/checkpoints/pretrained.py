@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-
 from ipt.core.files import atomic_write_dir
 from ipt.core.model.config import ModelConfig
 from ipt.registry.spec import TASK_NAME_RE
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -208,7 +208,7 @@ def header_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
     try:
         with safe_open(str(weights), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+    except Exception as exc:
         raise CheckpointError(f"{weights}: cannot read safetensors file: {exc}") from exc
 
 
@@ -269,7 +269,7 @@ def load_pretrained(
     check_shapes(_expected_shapes(cfg, specs), {k: v for k, v in header_shapes(weights).items() if keep(k)}, str(weights))
     try:
         state = load_file(str(weights), device=str(map_location))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+    except Exception as exc:
         raise CheckpointError(f"{weights}: cannot read safetensors file: {exc}") from exc
     state = {k: v for k, v in state.items() if keep(k)}
     _check_finite(state, str(weights))

@@ -41,6 +41,8 @@ from torch import nn
 from ipt.core.model.config import PRESETS, ModelConfig, preset
 from ipt.core.checkpoints.official import official_name
 from ipt.core.files import atomic_write_text
+from ipt.core.images.photos import sized_photo
+from ipt.core.inference.tiling import BORDER
 
 SECTIONS = ("ceiling", "forward", "train", "restore", "memory")
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -449,17 +451,8 @@ class _Stopwatch:
 
 
 def bench_image(h: int, w: int) -> torch.Tensor:
-    """A natural photo (scikit-image's astronaut, cropped; resized when larger) as (3, h, w) on 0-255."""
-    try:
-        from skimage import data
-
-        img = torch.from_numpy(data.astronaut().copy()).permute(2, 0, 1).double()
-    except Exception:  # pragma: no cover - scikit-image is a dependency; keep the bench usable without it
-        img = torch.rand(3, 512, 512, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 255
-    if img.shape[1] < h or img.shape[2] < w:
-        img = F.interpolate(img[None], size=(max(h, img.shape[1]), max(w, img.shape[2])), mode="bicubic",
-                            align_corners=False)[0].clamp(0, 255).round()
-    return img[:, :h, :w].float().contiguous()
+    """A natural photo (the built-in astronaut, cropped; enlarged when smaller) as (3, h, w) on 0-255."""
+    return sized_photo(h, w)
 
 
 # --- memory (own process, so that peak RSS belongs to one measurement) ---------------------------------------------
@@ -558,8 +551,10 @@ def bench_memory(ctx: "_Context") -> dict[str, Any]:
     # Small, large, small again (the faster small run is kept: the first one also warms up), then one tile batch
     # of the benchmarked preset: a strip exactly tile_batch tiles long.
     jobs = [{**common, "preset": args.memory_preset, "height": side, "width": side} for side in (small, large, small)]
-    jobs.append({**common, "preset": ctx.preset_name, "model_dir": ctx.args.model, "height": ctx.cfg.patch_size,
-                 "width": ctx.cfg.patch_size + 38 * (args.tile_batch - 1)})
+    # (less the reflection margin that the restorer adds on every side).
+    jobs.append({**common, "preset": ctx.preset_name, "model_dir": ctx.args.model,
+                 "height": ctx.cfg.patch_size - 2 * BORDER,
+                 "width": ctx.cfg.patch_size + 38 * (args.tile_batch - 1) - 2 * BORDER})
     first_small, big, second_small, strip = _run_memory_child(jobs)
     small_sec = min(first_small["seconds"], second_small["seconds"])
     small_peak = max(first_small["peak_rss_above_model_mb"], second_small["peak_rss_above_model_mb"])

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ipt.core.checkpoints.official import (
     DEFAULT_NUM_HEADS,
@@ -18,7 +18,6 @@ from ipt.core.checkpoints.official import (
 )
 from ipt.core.checkpoints.pretrained import read_config
 from ipt.core.files import check_not_inputs
-
 
 # -- CLI ------------------------------------------------------------------------------------------------------
 

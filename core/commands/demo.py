@@ -15,7 +15,7 @@ from ipt.core.checkpoints.bundled import resolve_model_dir
 from ipt.core.inference.restorer import TaskRestorer
 from ipt.core.evaluation.metrics import quantize, score
 from ipt.core.model.ipt import IPT
-from ipt.core.images.photos import HELD_OUT, photo
+from ipt.core.images.photos import HELD_OUT, centre_crop
 from ipt.core.images.resize import imresize
 
 CROP = 192  # divisible by 2, 3 and 4, so every SR task sees an exact downscale
@@ -33,11 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_crop(name: str, size: int = CROP) -> torch.Tensor:
     """Centre crop ``size`` x ``size`` of a packaged photo, float (3,H,W) on 0-255."""
-    img = Image.open(photo(name)).convert("RGB")
-    w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
-    arr = torch.frombuffer(bytearray(img.crop((left, top, left + size, top + size)).tobytes()), dtype=torch.uint8)
-    return arr.view(size, size, 3).permute(2, 0, 1).float()
+    return centre_crop(name, size)
 
 
 def _to_pil(x: torch.Tensor, size: int) -> Image.Image:

@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from ipt.core.commands.options import add_model_arguments, parse_config
-from ipt.core.files import check_not_inputs
 from ipt.core.evaluation.evaluate import EvalResult, evaluate
-from ipt.core.inference.restorer import InferenceOptions, load_task_model, resolve_device
+from ipt.core.files import check_not_inputs
+from ipt.core.inference.restorer import (
+    InferenceOptions,
+    load_task_model,
+    resolve_device,
+)
 
 
 # -- command line --------------------------------------------------------------------------------------------

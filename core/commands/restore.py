@@ -47,7 +47,7 @@ from ipt.core.images.io import (
 if TYPE_CHECKING:  # pragma: no cover
     from ipt.core.inference.restorer import TaskRestorer
 
-__all__ = ["add_arguments", "run", "compare_panel", "find_reference", "restore_files"]
+__all__ = ["add_arguments", "compare_panel", "find_reference", "restore_files", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +83,7 @@ def find_reference(reference: Path | None, stem: str, single_input: bool) -> Pat
     return None
 
 
-def compare_panel(panels: list[tuple[str, Tensor]]) -> "Image.Image":
+def compare_panel(panels: list[tuple[str, Tensor]]) -> Image.Image:
     """A PIL image of equally sized ``(3, H, W)`` panels side by side, each with its label above it."""
     from PIL import Image, ImageDraw
 
@@ -162,7 +162,7 @@ def _check_outputs(args: argparse.Namespace, paths: list[Path], outputs: list[tu
     check_not_inputs([*paths, *([reference] if reference else [])], "-o", writes=files, hint=hint)
 
 
-def _restore_image(restorer: "TaskRestorer", loaded: LoadedImage, progress: Callable[[int, int], None]) -> Tensor:
+def _restore_image(restorer: TaskRestorer, loaded: LoadedImage, progress: Callable[[int, int], None]) -> Tensor:
     """The network's output for one image, brought back to the input's kind: ``(3, H', W')``, or ``(1, H', W')``
     for one-channel grey files. Hidden colour under alpha = 0 is replaced first (no halo); grey inputs come back
     with R = G = B; a non-finite output (damaged weights) raises ``ValueError`` instead of writing a black image."""
@@ -204,7 +204,7 @@ class _Run:
     """What every image of one ``ipt restore`` call shares."""
 
     args: argparse.Namespace
-    restorer: "TaskRestorer"
+    restorer: TaskRestorer
     crop_border: int
     reference: Path | None
     single: bool
@@ -239,7 +239,12 @@ def restore_files(args: argparse.Namespace) -> int:
     """``ipt restore``: check every input and output first, load the model, then restore image by image; an
     image that fails (unreadable, too large, out of memory, non-finite output) is reported and skipped."""
     from ipt.core.commands.options import parse_config
-    from ipt.core.inference.restorer import InferenceOptions, TaskRestorer, load_task_model, resolve_device
+    from ipt.core.inference.restorer import (
+        InferenceOptions,
+        TaskRestorer,
+        load_task_model,
+        resolve_device,
+    )
 
     options = parse_config(InferenceOptions, args)
     paths = list(iter_images(args.inputs))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["grey_plane", "fill_transparent"]
+__all__ = ["fill_transparent", "grey_plane"]
 
 
 def grey_plane(rgb: Tensor) -> Tensor:

@@ -14,9 +14,6 @@ from typing import Union
 
 import numpy as np
 import torch
-from PIL import Image as PILImage
-from PIL import ImageOps
-
 from ipt.core.images.io import (
     CORRUPT,
     TOO_LARGE,
@@ -27,16 +24,18 @@ from ipt.core.images.io import (
     decode_samples,
     pil_pixels,
 )
+from PIL import Image as PILImage
+from PIL import ImageOps
 
 __all__ = [
     "CORRUPT",
-    "UNSUPPORTED_MODE",
     "TOO_LARGE",
+    "UNSUPPORTED_MODE",
     "ImageRecord",
     "UnreadableImage",
-    "to_rgb_tensor",
-    "read_pixels",
     "decode_record",
+    "read_pixels",
+    "to_rgb_tensor",
 ]
 
 # A ``datasets`` Image(decode=False) record ({"path", "bytes"}), a file path or encoded bytes.

@@ -35,36 +35,35 @@ from typing import IO, TYPE_CHECKING, NamedTuple, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from ipt.core.files import atomic_write_file
+from torch import Tensor
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "CORRUPT",
-    "UNSUPPORTED_MODE",
+    "IMAGE_EXTENSIONS",
     "TOO_LARGE",
+    "UNSUPPORTED_MODE",
     "ImageReadError",
-    "UnsupportedImageMode",
     "LoadedImage",
-    "Samples",
     "PilPixels",
+    "Samples",
+    "UnsupportedImageMode",
+    "check_pixel_limit",
+    "decode_image",
+    "decode_samples",
+    "image_size",
+    "is_image_file",
+    "iter_images",
+    "list_images",
     "pil_pixels",
     "pixel_limit",
-    "check_pixel_limit",
-    "decode_samples",
-    "decode_image",
     "read_image",
-    "image_size",
-    "write_image",
     "resize_alpha",
-    "is_image_file",
-    "list_images",
-    "iter_images",
     "to_uint8",
+    "write_image",
 ]
 
 # The one list of image file extensions (lower case): inference, evaluation and the training data all use it.

@@ -30,7 +30,20 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-__all__ = ["PHOTOS", "HELD_OUT", "builtin_photos", "train_photos", "heldout_photos", "photo"]
+import torch
+import torch.nn.functional as F
+from ipt.core.images.io import read_image
+
+__all__ = [
+    "HELD_OUT",
+    "PHOTOS",
+    "builtin_photos",
+    "centre_crop",
+    "heldout_photos",
+    "photo",
+    "sized_photo",
+    "train_photos",
+]
 
 # name -> (package, folder inside the package, file name)
 PHOTOS: dict[str, tuple[str, str, str]] = {
@@ -89,3 +102,24 @@ def train_photos() -> list[Path]:
 def heldout_photos() -> list[Path]:
     """The held-out built-in photos (validation/evaluation), in :data:`HELD_OUT` order."""
     return [photo(name) for name in HELD_OUT]
+
+
+def centre_crop(name: str, size: int) -> torch.Tensor:
+    """The centre ``size`` x ``size`` crop of built-in photo ``name``: float32 ``(3, size, size)`` on 0-255 (read
+    with the one decoder of :mod:`ipt.core.images.io`). Raises ``ValueError`` when the photo is smaller."""
+    rgb = read_image(photo(name)).rgb
+    h, w = rgb.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"built-in photo {name!r} is {h}x{w}, smaller than the {size}x{size} crop")
+    top, left = (h - size) // 2, (w - size) // 2
+    return rgb[:, top : top + size, left : left + size].contiguous()
+
+
+def sized_photo(h: int, w: int, name: str = "astronaut") -> torch.Tensor:
+    """A natural photo of exactly ``h`` x ``w``: the top-left crop of built-in photo ``name``, first enlarged
+    (bicubic, rounded to 8-bit values) when it is smaller. Float32 ``(3, h, w)`` on 0-255; used by ``ipt bench``."""
+    img = read_image(photo(name)).rgb.double()
+    if img.shape[1] < h or img.shape[2] < w:
+        size = (max(h, img.shape[1]), max(w, img.shape[2]))
+        img = F.interpolate(img[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 255).round()
+    return img[:, :h, :w].float().contiguous()

@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["imresize", "bicubic_degrade", "resize_weights"]
+__all__ = ["bicubic_degrade", "imresize", "resize_weights"]
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
