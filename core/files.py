@@ -118,12 +118,12 @@ def check_not_inputs(
             by_id.setdefault(file_id, given)
     for out, whole in [(Path(o), False) for o in writes] + [(Path(o), True) for o in replaces]:
         resolved = out.resolve()
-        found, relation = by_path.get(resolved) or by_id.get(_file_id(out) or (-1, -1)), "is"
+        found, relation = by_path.get(resolved) or by_id.get(_file_id(out) or (-1, -1)), "is the input"
         if found is None:
             found = next((by_path[p] for p in resolved.parents if p in by_path), None)
-            relation = "is inside"
+            relation = "is inside the input"
         if found is None and whole:
             found = next((g for r, g in by_path.items() if resolved in r.parents), None)
-            relation = "would replace the folder holding"
+            relation = "would replace a folder holding the input"
         if found is not None:
             raise OverwriteError(f"{option} {out}: refusing to write over an input ({out} {relation} {found}); {hint}")

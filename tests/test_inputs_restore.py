@@ -119,7 +119,7 @@ def test_check_not_inputs_rules(tmp_path: Path) -> None:
         check_not_inputs([model], "--x", writes=[model])
     # replacing a folder that holds the input
     check_not_inputs([model], "--x", writes=[tmp_path / "run"])
-    with pytest.raises(OverwriteError, match="would replace the folder holding"):
+    with pytest.raises(OverwriteError, match="would replace a folder holding the input"):
         check_not_inputs([model], "--x", replaces=[tmp_path / "run"])
 
 
