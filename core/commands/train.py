@@ -1,17 +1,23 @@
 """``ipt train`` (and ``python core/train.py`` / ``accelerate launch core/train.py``): flags from
-:class:`~ipt.core.training.config.TrainConfig`, the run itself in :mod:`ipt.core.training.run`."""
+:class:`~ipt.core.training.config.TrainConfig`, the run itself in :mod:`ipt.core.training.run`.
+
+Under a launcher (``accelerate launch``, ``torchrun``) only rank 0 prints an error line; the other ranks fail
+quietly with the same exit code, so the reason is not repeated N times.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ipt.core.commands.options import add_model_arguments, parse_config
 from ipt.core.training.config import TrainConfig
+from ipt.core.training.errors import TrainingError, TrainingInterrupted, TrainingStopped
 from ipt.core.training.run import train
-from ipt.core.training.trainer import TrainingStopped
 
-EXIT_STOPPED = 3
+EXIT_STOPPED = 3  # non-finite losses
+EXIT_FAILED = 1  # a checkpoint could not be written, or another rank failed
 
 
 # -- command line --------------------------------------------------------------------------------------------------
@@ -24,12 +30,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, TrainConfig)
 
 
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _fail(message: str, code: int) -> int:
+    if _rank() == 0:
+        print(f"ipt train: {message}", file=sys.stderr, flush=True)
+    return code
+
+
 def run(args: argparse.Namespace) -> int:
     cfg = parse_config(TrainConfig, args)
     try:
         train(cfg)
+    except TrainingInterrupted as exc:
+        return _fail(str(exc), exc.exit_code)
     except TrainingStopped as exc:
-        print(f"ipt train: error: {exc}", file=sys.stderr)
-        return EXIT_STOPPED
+        return _fail(f"error: {exc}", EXIT_STOPPED)
+    except TrainingError as exc:
+        return _fail(f"error: {exc}", EXIT_FAILED)
+    except (ValueError, OSError, ImportError):  # bad input: ipt.cli prints its one line on rank 0 only
+        if _rank() != 0:
+            return 2
+        raise
     return 0
-
