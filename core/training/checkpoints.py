@@ -107,10 +107,12 @@ def check_free_space(root: Path, needed: int) -> None:
 
 
 def _is_disk_full(exc: BaseException, root: Path) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit
+        return False
+    if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "no space left" in str(exc).lower():
         return True
     # torch.save reports a full disk as a RuntimeError from its zip writer ("unexpected pos", "file write failed")
-    return isinstance(exc, RuntimeError) and shutil.disk_usage(root).free < 4 * MB
+    return shutil.disk_usage(root).free < 4 * MB
 
 
 def write_checkpoint(accelerator: Any, root: Path, name: str, fill: Callable[[Path], None], needed: int) -> Path:

@@ -410,7 +410,8 @@ def _on_nonfinite(run: Run, task: str) -> None:
                 f"({state.nonfinite_streak} in a row, {state.task_streak[task]} in a row on {task})")
     if state.nonfinite_streak < limit and state.task_streak[task] < limit:
         return
-    what = (f"{state.nonfinite_streak} non-finite losses in a row" if state.nonfinite_streak >= limit
+    what = (f"{state.nonfinite_streak} non-finite losses in a row (the last on task {task})"
+            if state.nonfinite_streak >= limit
             else f"task {task}: {state.task_streak[task]} non-finite losses in a row on its steps")
     ck = run.trainer.save_checkpoint(run.run_dir, run.record, None, name=f"{DIVERGED_PREFIX}step-{state.step}")
     good = (f"resume from the last checkpoint saved before it: --resume {run.good_checkpoint}"
