@@ -18,15 +18,19 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
-from ipt.cli import main as ipt_main
 from ipt.core.training.checkpoints import list_checkpoints
 from ipt.core.training.config import TrainConfig
-from ipt.core.training.errors import CheckpointWriteError, TrainingInterrupted, TrainingStopped
+from ipt.core.training.errors import (
+    CheckpointWriteError,
+    TrainingInterrupted,
+    TrainingStopped,
+)
 from ipt.core.training.lock import RunDirInUse, RunLock
 from ipt.core.training.run import train
 from ipt.core.training.trainer import check_cpu_processes
+from safetensors.torch import load_file
+
+from ipt.cli import main as ipt_main
 
 REPO = Path(__file__).resolve().parents[1]
 FAST: dict[str, Any] = {
@@ -184,9 +188,8 @@ def test_second_run_on_same_output_dir_is_refused_with_holder_pid(tmp_path: Path
         holder.kill()
         holder.wait()
     train(cfg(run, tasks=["sr2"], max_steps=1))  # the kernel released the dead holder's lock
-    with RunLock(run):
-        with pytest.raises(RunDirInUse, match=f"PID {os.getpid()}"):
-            RunLock(run).acquire()
+    with RunLock(run), pytest.raises(RunDirInUse, match=f"PID {os.getpid()}"):
+        RunLock(run).acquire()
 
 
 def test_fresh_start_sets_an_earlier_log_aside(tmp_path: Path) -> None:
@@ -237,7 +240,6 @@ def test_full_disk_gives_one_line_and_leaves_no_temp_folder(tmp_path: Path, monk
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """Row 8 (simulated): torch's zip writer reports a full disk as 'unexpected pos'; the partial folder stayed."""
     import accelerate
-
     from ipt.core.training import checkpoints
 
     def full(self: Any, output_dir: str, **kw: Any) -> None:
@@ -298,10 +300,10 @@ def test_resume_with_new_lr_uses_it_and_says_so(tmp_path: Path, capsys: pytest.C
     run = tmp_path / "run"
     rc, _ = cli(["--tasks", "sr2", "--lr", "1e-4", "--max-steps", "4", "--output-dir", str(run), *FAST_FLAGS], capsys)
     assert rc == 0
-    rc, _ = cli(["--tasks", "sr2", "--lr", "1e-6", "--max-steps", "6", "--output-dir", str(run), "--resume",
-                 "--weight-decay", "0.01", *FAST_FLAGS], capsys)
+    rc = ipt_main(["train", "--tasks", "sr2", "--lr", "1e-6", "--max-steps", "6", "--output-dir", str(run), "--resume",
+                   "--weight-decay", "0.01", *FAST_FLAGS])
     err = capsys.readouterr().err
-    assert rc == 0
+    assert rc == 0 and "changed on resume: --lr 0.0001 -> 1e-06" in err and "--weight-decay 0.0 -> 0.01" in err
     lrs = [r["lr"] for r in records(run)]
     # decay kept where the first run put it (index 3 = round(2/3 of 4)), the new lr from the resumed step on
     assert lrs == pytest.approx([1e-4] * 3 + [4e-5] + [1e-6 * 0.4] * 2)
@@ -380,9 +382,8 @@ def test_divergence_names_the_last_good_checkpoint_and_resume_recovers(tmp_path:
 @pytest.fixture
 def nan_task(monkeypatch: pytest.MonkeyPatch) -> str:
     """The built-in tasks plus 'nanalways', whose degradation is NaN everywhere."""
-    import ipt.plugins.sr as sr
-    from ipt.registry import TaskSpec, hookimpl
-    from ipt.registry import manager
+    from ipt.plugins import sr
+    from ipt.registry import TaskSpec, hookimpl, manager
 
     spec = TaskSpec(name="nanalways", description="NaN input", degrade=lambda clean, g: clean * float("nan"))
     plugin = SimpleNamespace(ipt_register_tasks=hookimpl(lambda: [spec]))

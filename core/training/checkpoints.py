@@ -8,8 +8,9 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ipt.core.checkpoints.pretrained import CheckpointError, read_config
 from ipt.core.files import atomic_write_text, commit_dir

@@ -13,9 +13,8 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from ipt.core.model.config import ModelConfig, preset
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PRETRAIN_LR = 5e-5
 FINETUNE_LR = 2e-5
@@ -168,7 +167,7 @@ class TrainConfig(BaseModel):
         return trackers
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.max_steps is not None and self.epochs is not None:
             raise ValueError("give --max-steps or --epochs, not both")
         if self.lr_decay_steps is not None and self.lr_decay_epochs is not None:

@@ -15,7 +15,6 @@ from pathlib import Path
 from types import TracebackType
 
 from filelock import FileLock, Timeout
-
 from ipt.core.files import atomic_write_text
 
 LOCK_NAME = ".lock"
@@ -45,13 +44,13 @@ class RunLock:
     def held(self) -> bool:
         return self._lock.is_locked
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self._created = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         try:

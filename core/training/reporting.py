@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
 from ipt.core.images.io import write_image
 
 VALIDATION_DIR = "validation"

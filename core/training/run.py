@@ -32,12 +32,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
-
 from ipt.core.checkpoints.pretrained import read_config
 from ipt.core.commands.options import dump_yaml
 from ipt.core.data import batches as data_mod
@@ -378,7 +378,7 @@ def _open_trace(run: Run) -> Any:
     if not os.environ.get(TRACE_ENV):
         return None
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    return open(run.run_dir / f"trace-rank{run.acc.process_index}.jsonl", "a")  # noqa: SIM115
+    return open(run.run_dir / f"trace-rank{run.acc.process_index}.jsonl", "a")
 
 
 def _one_step(run: Run, data: Data, micro: list[dict[str, Any]], trace: Any, window: Window) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from ipt.core.checkpoints.pretrained import CheckpointError, read_config
 from ipt.core.evaluation.metrics import psnr_batch, quantize
 from ipt.core.model import IPT
@@ -132,7 +131,10 @@ def make_accelerator(cfg: TrainConfig) -> Any:
     fp16 on the CPU is refused: Accelerate would silently train in fp32 while reporting fp16 (ValueError).
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, GradientAccumulationPlugin
+    from accelerate.utils import (
+        DistributedDataParallelKwargs,
+        GradientAccumulationPlugin,
+    )
 
     check_cpu_processes(cfg)
     multi_process = int(os.environ.get("WORLD_SIZE", "1")) > 1
