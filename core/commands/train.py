@@ -2,14 +2,18 @@
 :class:`~ipt.core.training.config.TrainConfig`, the run itself in :mod:`ipt.core.training.run`.
 
 Under a launcher (``accelerate launch``, ``torchrun``) only rank 0 prints an error line; the other ranks fail
-quietly with the same exit code, so the reason is not repeated N times.
+quietly with the same exit code, so the reason is not repeated N times. Rank 0 also writes the line to torchrun's
+error file (``TORCHELASTIC_ERROR_FILE``), so the launcher's closing failure summary ("Root Cause") repeats it at the
+bottom of the screen instead of "To enable traceback see: ...".
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 
 from ipt.core.commands.options import add_model_arguments, parse_config
 from ipt.core.training.config import TrainConfig
@@ -34,9 +38,20 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _report_to_launcher(line: str) -> None:
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path and _rank() == 0:
+        try:
+            with open(path, "w") as f:
+                json.dump({"message": line, "timestamp": int(time.time())}, f)
+        except OSError:
+            pass
+
+
 def _fail(message: str, code: int) -> int:
     if _rank() == 0:
         print(f"ipt train: {message}", file=sys.stderr, flush=True)
+        _report_to_launcher(f"ipt train: {message}")
     return code
 
 
@@ -50,8 +65,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"error: {exc}", EXIT_STOPPED)
     except TrainingError as exc:
         return _fail(f"error: {exc}", EXIT_FAILED)
-    except (ValueError, OSError, ImportError):  # bad input: ipt.cli prints its one line on rank 0 only
+    except (ValueError, OSError, ImportError) as exc:  # bad input: ipt.cli prints its one line on rank 0 only
         if _rank() != 0:
             return 2
+        _report_to_launcher(f"ipt train: error: {' '.join(str(exc).split())}")
         raise
     return 0
