@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
+
 from ipt.core.training.checkpoints import list_checkpoints
 from ipt.core.training.config import TrainConfig
 from ipt.core.training.errors import (
@@ -28,7 +30,6 @@ from ipt.core.training.errors import (
 from ipt.core.training.lock import RunDirInUse, RunLock
 from ipt.core.training.run import train
 from ipt.core.training.trainer import check_cpu_processes
-from safetensors.torch import load_file
 
 from ipt.cli import main as ipt_main
 

@@ -13,8 +13,12 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from ipt.core.model.config import ModelConfig, preset
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ipt.core.checkpoints.pretrained import CONFIG_NAME
+from ipt.core.model.config import ModelConfig, preset
+from ipt.registry import get_task
+from ipt.registry.manager import UnknownTaskError
 
 PRETRAIN_LR = 5e-5
 FINETUNE_LR = 2e-5
@@ -138,9 +142,6 @@ class TrainConfig(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _check_tasks(cls, tasks: list[str]) -> list[str]:
-        from ipt.registry import get_task
-        from ipt.registry.manager import UnknownTaskError
-
         tasks = [t.strip() for t in tasks if t.strip()]
         if not tasks:
             raise ValueError("give at least one task")
@@ -173,8 +174,6 @@ class TrainConfig(BaseModel):
         if self.lr_decay_steps is not None and self.lr_decay_epochs is not None:
             raise ValueError("give --lr-decay-steps or --lr-decay-epochs, not both")
         if self.init_from is not None:
-            from ipt.core.checkpoints.pretrained import CONFIG_NAME
-
             if not (self.init_from / CONFIG_NAME).is_file():
                 raise ValueError(f"--init-from {self.init_from}: not a model directory (no {CONFIG_NAME} in it)")
         if self.freeze and self.init_from is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import TracebackType
 
 from filelock import FileLock, Timeout
+
 from ipt.core.files import atomic_write_text
 
 LOCK_NAME = ".lock"

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
 from ipt.core.images.io import write_image
 
 VALIDATION_DIR = "validation"

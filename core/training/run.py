@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from ipt.core.checkpoints.pretrained import read_config
 from ipt.core.commands.options import dump_yaml
 from ipt.core.data import batches as data_mod

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from ipt.core.checkpoints.pretrained import CheckpointError, read_config
 from ipt.core.evaluation.metrics import psnr_batch, quantize
 from ipt.core.model import IPT

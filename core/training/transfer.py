@@ -45,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor
+
 from ipt.core.checkpoints.bundled import resolve_model_dir
 from ipt.core.checkpoints.pretrained import read_config
 from ipt.core.evaluation.evaluate import ScoreSummary, evaluate_pairs, pair_seed
@@ -56,8 +59,6 @@ from ipt.core.model.ipt import IPT
 from ipt.core.training.config import FINETUNE_LR, TrainConfig
 from ipt.core.training.run import train
 from ipt.registry import get_task
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from torch import Tensor
 
 __all__ = [
     "SigmaResult",
