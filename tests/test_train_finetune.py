@@ -17,7 +17,7 @@ from ipt.core.data import batches as data_mod
 from ipt.core.data.schedule import TaskSchedule
 from ipt.core.model import build_model
 from ipt.core.model.config import preset
-from ipt.core.training.config import TrainConfig
+from ipt.core.training.config import FRESH_LR_SCALE, TrainConfig
 from ipt.core.training.reporting import GAP, validation_grid
 from ipt.core.training.run import fresh_parameters, init_model, new_tasks, train
 from ipt.core.training.trainer import Trainer
@@ -74,7 +74,7 @@ def test_fresh_group_survives_resume_exactly(source_model: Path, tmp_path: Path)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     logs = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
-    assert [r["lr_fresh"] for r in logs] == pytest.approx([1e-4 * 10 * (s + 1) / 10 for s in range(4)])
+    assert [r["lr_fresh"] for r in logs] == pytest.approx([1e-4 * FRESH_LR_SCALE * (s + 1) / 10 for s in range(4)])
 
 
 # -- validation image grids (issue 16) --------------------------------------------------------------------------

@@ -513,3 +513,16 @@ def test_grad_clip_and_workers_take_effect(tmp_path: Path) -> None:
              for name, w in (("clip", clipped), ("free", unclipped))}
     # a gradient clipped to norm 1e-12 is far below Adam's eps: the weights hardly move
     assert moved["clip"] < 1e-3 * moved["free"], moved
+
+
+def test_resume_ignores_inactive_options_of_an_older_record(tmp_path: Path) -> None:
+    """A record written with another default for an option that had no effect (an older version's
+    --fresh-lr-scale without --init-from) must not make --resume refuse it."""
+    run = tmp_path / "run"
+    train(cfg(run, tasks=["sr2"], max_steps=1))
+    config = run / "checkpoints/step-1/model/config.json"
+    data = json.loads(config.read_text())
+    data["training"]["config"]["fresh_lr_scale"] = 3.0
+    config.write_text(json.dumps(data))
+    train(cfg(run, tasks=["sr2"], max_steps=2, resume="latest"))
+    assert yaml.safe_load((run / "config.yaml").read_text())["fresh_lr_scale"] == TrainConfig.default_of("fresh_lr_scale")

@@ -185,6 +185,9 @@ def resolve_resume(cfg: TrainConfig, checkpoint: Path) -> tuple[TrainConfig, lis
                 f"(use --init-from {checkpoint / 'model'} to fine-tune from it instead)"
             )
         changes.append(f"{_flag(name)} {old} -> {new}")
+    for name in TrainConfig.inactive_options(values):  # e.g. a default of an older version, inactive in the record
+        if name not in given:
+            values[name] = TrainConfig.default_of(name)
     merged = TrainConfig.model_validate(values)
     return TrainConfig.model_construct(_fields_set=given, **dict(merged)), changes
 

@@ -23,7 +23,7 @@ from ipt.registry.manager import UnknownTaskError
 PRETRAIN_LR = 5e-5
 FINETUNE_LR = 2e-5
 DEFAULT_MAX_STEPS = 1000
-FRESH_LR_SCALE = 10.0  # measured: docs/training.md "Fine-tuning a new task"
+FRESH_LR_SCALE = 100.0  # measured best of 1/10/30/100: docs/training.md "Fine-tuning a new task"
 FRESH_WARMUP_STEPS = 10
 # Accelerate tracker name -> modules that provide it (any one will do).
 TRACKER_MODULES: dict[str, tuple[str, ...]] = {"tensorboard": ("tensorboard", "tensorboardX")}
@@ -184,21 +184,29 @@ class TrainConfig(BaseModel):
         self.architecture()  # architecture overrides must be valid
         return self
 
+    @staticmethod
+    def inactive_options(values: dict[str, Any]) -> dict[str, str]:
+        """``{option: what it needs}`` for the options that have no effect with these ``values`` (field -> value)."""
+        epochs = values.get("epochs") is not None or values.get("lr_decay_epochs") is not None
+        needs = {  # option -> (takes effect, what it needs)
+            "data_split": (values.get("data") is not None, "--data"),
+            "image_column": (values.get("data") is not None, "--data"),
+            "streaming": (values.get("data") is not None, "--data"),
+            "crops_per_image": (epochs, "--epochs or --lr-decay-epochs (it only sets the epoch length)"),
+            "embed_from": (values.get("init_from") is not None, "--init-from"),
+            "fresh_lr_scale": (values.get("init_from") is not None, "--init-from"),
+            "fresh_warmup_steps": (values.get("init_from") is not None, "--init-from"),
+        }
+        return {name: what for name, (active, what) in needs.items() if not active}
+
+    @classmethod
+    def default_of(cls, name: str) -> Any:
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
     def _check_no_silent_options(self) -> None:
         """Refuse options that would have no effect in this configuration (instead of ignoring them silently)."""
-        defaults = {name: info.get_default(call_default_factory=True) for name, info in type(self).model_fields.items()}
-        needs = {  # option -> (condition under which it takes effect, what it needs)
-            "data_split": (self.data is not None, "--data"),
-            "image_column": (self.data is not None, "--data"),
-            "streaming": (self.data is not None, "--data"),
-            "crops_per_image": (self.epochs is not None or self.lr_decay_epochs is not None,
-                                "--epochs or --lr-decay-epochs (it only sets the epoch length)"),
-            "embed_from": (self.init_from is not None, "--init-from"),
-            "fresh_lr_scale": (self.init_from is not None, "--init-from"),
-            "fresh_warmup_steps": (self.init_from is not None, "--init-from"),
-        }
-        for name, (active, what) in needs.items():
-            if not active and getattr(self, name) != defaults[name]:
+        for name, what in self.inactive_options(dict(self)).items():
+            if getattr(self, name) != self.default_of(name):
                 raise ValueError(f"--{name.replace('_', '-')} has no effect without {what}")
 
     # -- derived values ---------------------------------------------------------------------------------------

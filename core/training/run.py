@@ -69,10 +69,12 @@ TRACE_ENV = "IPT_TRAIN_TRACE"  # set to 1: each rank writes trace-rank<r>.jsonl 
 def resolved_config(cfg: TrainConfig, total: int, decay_at: int | None, mixed_precision: str) -> TrainConfig:
     """``cfg`` with the derived values filled in (lr, step counts, the precision that runs): what ``config.yaml``
     and the checkpoints record."""
-    return cfg.model_copy(
+    resolved = cfg.model_copy(
         update={"lr": cfg.base_lr, "max_steps": total, "epochs": None, "lr_decay_steps": decay_at or 0,
-                "lr_decay_epochs": None, "crops_per_image": 1, "mixed_precision": mixed_precision}
+                "lr_decay_epochs": None, "mixed_precision": mixed_precision}
     )
+    inactive = TrainConfig.inactive_options(dict(resolved))  # e.g. crops_per_image once epochs became steps
+    return resolved.model_copy(update={name: TrainConfig.default_of(name) for name in inactive})
 
 
 # -- model ---------------------------------------------------------------------------------------------------------
@@ -496,8 +498,6 @@ def finish(run: Run) -> Path:
     for task, n in sorted(trainer.state.task_skipped.items()):
         run.log.say(f"warning: task {task}: {n} step(s) skipped for non-finite losses (see log.jsonl 'skipped')")
     run.log.say(f"done: {trainer.state.step} steps; final model saved to {final}")
-    if run.cfg.report_to:
-        acc.end_training()
     return final
 
 
@@ -527,5 +527,7 @@ def train(cfg: TrainConfig) -> Path:
         run_loop(run, build_data(run, run.source))
         return finish(run)
     finally:
+        if cfg.report_to:
+            acc.end_training()  # flush the trackers, also after a stop signal or an error
         if lock is not None:
             lock.release()
