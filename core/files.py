@@ -66,14 +66,7 @@ def atomic_write_dir(target: str | Path, write: Callable[[Path], object]) -> Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         write(tmp)
-        os.chmod(tmp, 0o777 & ~_umask())
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        commit_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -127,3 +120,30 @@ def check_not_inputs(
             relation = "would replace a folder holding the input"
         if found is not None:
             raise OverwriteError(f"{option} {out}: refusing to write over an input ({out} {relation} {found}); {hint}")
+
+
+def commit_dir(tmp: str | Path, target: str | Path) -> Path:
+    """Put the complete folder ``tmp`` in place as ``target`` (same filesystem), as :func:`atomic_write_dir` does.
+
+    For folders several processes fill together (a distributed checkpoint), where the temporary name must be known
+    to all of them. Everything inside ``tmp`` gets the umask's permissions first (``tempfile`` and safetensors
+    create 0700/0600, which another user could not read). An existing ``target`` is renamed aside and deleted after
+    the rename, never deleted in place.
+    """
+    tmp, target = Path(tmp), Path(target)
+    mask = _umask()
+    for root, dirs, files in os.walk(tmp):
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+    os.chmod(tmp, 0o777 & ~mask)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)  # left by a crash of an earlier commit of this process id
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return target

@@ -200,9 +200,11 @@ def test_nonfinite_losses_stop_with_checkpoint(tmp_path: Path, capsys: pytest.Ca
     run = tmp_path / "run"
     rc, err = _cli(["--tasks", "denoise30", "--lr", "1e30", "--max-nonfinite", "2", "--max-steps", "20",
                     "--output-dir", str(run), *FAST_FLAGS], capsys)
-    assert rc == 3 and "non-finite losses in a row" in err and "checkpoint saved" in err
-    (step, ck), = list_checkpoints(run)
-    assert step >= 3 and json.loads((ck / "state" / "train_state.json").read_text())["nonfinite_streak"] == 2
+    assert rc == 3 and "non-finite losses in a row" in err and "no checkpoint was saved before it" in err
+    assert list_checkpoints(run) == []  # the diverged state is not a resumable checkpoint
+    (ck,) = (run / "checkpoints").glob("diverged-step-*")
+    assert str(ck) in err and int(ck.name.split("-")[-1]) >= 3
+    assert json.loads((ck / "state" / "train_state.json").read_text())["nonfinite_streak"] == 2
 
 
 def _env() -> dict[str, str]:

@@ -15,11 +15,16 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ipt.core.checkpoints.pretrained import CONFIG_NAME
 from ipt.core.model.config import ModelConfig, preset
+from ipt.registry import get_task
+from ipt.registry.manager import UnknownTaskError
 
 PRETRAIN_LR = 5e-5
 FINETUNE_LR = 2e-5
 DEFAULT_MAX_STEPS = 1000
+FRESH_LR_SCALE = 100.0  # measured best of 1/10/30/100: docs/training.md "Fine-tuning a new task"
+FRESH_WARMUP_STEPS = 10
 # Accelerate tracker name -> modules that provide it (any one will do).
 TRACKER_MODULES: dict[str, tuple[str, ...]] = {"tensorboard": ("tensorboard", "tensorboardX")}
 
@@ -43,6 +48,17 @@ class TrainConfig(BaseModel):
         None, description="Fine-tune from this model directory: keep its body and the heads of the requested tasks"
     )
     freeze: Literal["body"] | None = Field(None, description="Freeze the body and train only heads/tails/embeddings")
+    embed_from: str | None = Field(
+        None, description="With --init-from: start the task embedding of each task the checkpoint lacks as a copy "
+        "of this task's (e.g. denoise30 for denoise70) instead of random"
+    )
+    fresh_lr_scale: float = Field(
+        FRESH_LR_SCALE, gt=0, description="With --init-from: lr multiplier of the parts a new task gets fresh "
+        "(head, tail, random task embedding), which start from random weights while the body is pre-trained"
+    )
+    fresh_warmup_steps: int = Field(
+        FRESH_WARMUP_STEPS, ge=0, description="With --init-from: linear warm-up steps of the fresh parts' lr"
+    )
 
     # -- data -----------------------------------------------------------------------------------------------
     data: str | None = Field(
@@ -94,12 +110,19 @@ class TrainConfig(BaseModel):
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="Keep an EMA of the weights with this decay; the exported model holds the EMA"
     )
-    max_nonfinite: int = Field(20, ge=1, description="Stop after this many non-finite losses in a row")
+    max_nonfinite: int = Field(
+        20, ge=1, description="Stop after this many non-finite losses in a row, counted over all steps and over "
+        "each task's own steps (a task that is NaN on every step stops the run even between healthy tasks)"
+    )
     cpu: bool = Field(False, description="Train on the CPU even if a GPU is present")
 
     # -- output -----------------------------------------------------------------------------------------------
     output_dir: Path = Field(Path("runs/ipt"), description="Run directory (checkpoints, logs, final model)")
     save_every: int = Field(500, ge=1, description="Save a checkpoint every N steps (and always at the end)")
+    save_every_minutes: float = Field(
+        10.0, ge=0, description="Also save a checkpoint when this many minutes passed since the last one "
+        "(0 = only --save-every), so an interrupted slow run always has recent work to --resume"
+    )
     keep_last: int | None = Field(3, ge=1, description="Keep only the newest K checkpoints (none = keep all)")
     resume: str | None = Field(
         None, description="Continue from a checkpoint: latest (the flag alone) or a checkpoint path",
@@ -119,9 +142,6 @@ class TrainConfig(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _check_tasks(cls, tasks: list[str]) -> list[str]:
-        from ipt.registry import get_task
-        from ipt.registry.manager import UnknownTaskError
-
         tasks = [t.strip() for t in tasks if t.strip()]
         if not tasks:
             raise ValueError("give at least one task")
@@ -148,22 +168,46 @@ class TrainConfig(BaseModel):
         return trackers
 
     @model_validator(mode="after")
-    def _check(self) -> "TrainConfig":
+    def _check(self) -> TrainConfig:
         if self.max_steps is not None and self.epochs is not None:
             raise ValueError("give --max-steps or --epochs, not both")
         if self.lr_decay_steps is not None and self.lr_decay_epochs is not None:
             raise ValueError("give --lr-decay-steps or --lr-decay-epochs, not both")
         if self.init_from is not None:
-            from ipt.core.checkpoints.pretrained import CONFIG_NAME
-
             if not (self.init_from / CONFIG_NAME).is_file():
                 raise ValueError(f"--init-from {self.init_from}: not a model directory (no {CONFIG_NAME} in it)")
         if self.freeze and self.init_from is None:
             raise ValueError("--freeze body needs --init-from (a randomly initialised body would stay random)")
         if self.streaming and (self.epochs is not None or self.lr_decay_epochs is not None):
             raise ValueError("--streaming datasets have no length: give --max-steps/--lr-decay-steps, not epochs")
+        self._check_no_silent_options()
         self.architecture()  # architecture overrides must be valid
         return self
+
+    @staticmethod
+    def inactive_options(values: dict[str, Any]) -> dict[str, str]:
+        """``{option: what it needs}`` for the options that have no effect with these ``values`` (field -> value)."""
+        epochs = values.get("epochs") is not None or values.get("lr_decay_epochs") is not None
+        needs = {  # option -> (takes effect, what it needs)
+            "data_split": (values.get("data") is not None, "--data"),
+            "image_column": (values.get("data") is not None, "--data"),
+            "streaming": (values.get("data") is not None, "--data"),
+            "crops_per_image": (epochs, "--epochs or --lr-decay-epochs (it only sets the epoch length)"),
+            "embed_from": (values.get("init_from") is not None, "--init-from"),
+            "fresh_lr_scale": (values.get("init_from") is not None, "--init-from"),
+            "fresh_warmup_steps": (values.get("init_from") is not None, "--init-from"),
+        }
+        return {name: what for name, (active, what) in needs.items() if not active}
+
+    @classmethod
+    def default_of(cls, name: str) -> Any:
+        return cls.model_fields[name].get_default(call_default_factory=True)
+
+    def _check_no_silent_options(self) -> None:
+        """Refuse options that would have no effect in this configuration (instead of ignoring them silently)."""
+        for name, what in self.inactive_options(dict(self)).items():
+            if getattr(self, name) != self.default_of(name):
+                raise ValueError(f"--{name.replace('_', '-')} has no effect without {what}")
 
     # -- derived values ---------------------------------------------------------------------------------------
     def architecture(self) -> ModelConfig:
@@ -211,12 +255,27 @@ class TrainConfig(BaseModel):
 
     def lr_factor(self, step: int, total: int, decay_at: int | None) -> float:
         """Multiplier of ``base_lr`` for the optimizer step with index ``step`` (0-based)."""
-        f = 1.0
-        if self.warmup_steps and step < self.warmup_steps:
-            f = (step + 1) / self.warmup_steps
+        f = self._warmup(step, self.warmup_steps)
         if decay_at is not None and step >= decay_at:
             f *= self.lr_decay_gamma
         return f
 
-    # Fields whose change makes a checkpoint unusable (parameter shapes or the saved state's layout differ).
-    RESUME_KEYS: ClassVar[tuple[str, ...]] = ("tasks", "preset", "model", "freeze")
+    def fresh_lr_factor(self, step: int, total: int, decay_at: int | None) -> float:
+        """Multiplier of ``base_lr`` for the fresh parts of new tasks (``--fresh-lr-scale``, own warm-up, same decay)."""
+        f = self.fresh_lr_scale * self._warmup(step, self.fresh_warmup_steps)
+        if decay_at is not None and step >= decay_at:
+            f *= self.lr_decay_gamma
+        return f
+
+    @staticmethod
+    def _warmup(step: int, steps: int) -> float:
+        return (step + 1) / steps if steps and step < steps else 1.0
+
+    # On --resume (``checkpoints.resolve_resume``): fields whose change makes the checkpoint unusable or has no
+    # effect (parameter shapes, the optimizer's parameter groups, the initialisation that resuming skips) are
+    # refused when given with another value; the machine's options below take the value given now; every other
+    # option keeps the checkpoint's value unless given again, and then takes effect from the resumed step.
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = ("tasks", "preset", "model", "freeze", "init_from", "embed_from")
+    RESUME_LOCAL: ClassVar[tuple[str, ...]] = (
+        "resume", "output_dir", "mixed_precision", "cpu", "num_workers", "progress", "report_to",
+    )

@@ -40,33 +40,39 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor
 
-from ipt.core.evaluation.evaluate import ScoreSummary
+from ipt.core.checkpoints.bundled import resolve_model_dir
+from ipt.core.checkpoints.pretrained import read_config
+from ipt.core.evaluation.evaluate import ScoreSummary, evaluate_pairs, pair_seed
 from ipt.core.files import atomic_write_file, atomic_write_text
+from ipt.core.images.io import list_images, read_image, write_image
+from ipt.core.images.photos import heldout_photos
 from ipt.core.inference.restorer import InferenceOptions
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ipt.core.model.ipt import IPT
+from ipt.core.model.ipt import IPT
+from ipt.core.training.config import FINETUNE_LR, TrainConfig
+from ipt.core.training.run import train
+from ipt.registry import get_task
 
 __all__ = [
-    "TransferConfig",
     "SigmaResult",
+    "TransferConfig",
     "TransferResult",
-    "denoise_levels",
-    "nearest_level",
     "add_transfer_task",
+    "denoise_levels",
+    "format_table",
     "load_eval_images",
+    "nearest_level",
     "noisy_samples",
+    "plot_transfer",
     "run_transfer",
     "transfer",
-    "format_table",
-    "plot_transfer",
 ]
 
 DENOISE_RE = re.compile(r"^denoise([1-9][0-9]{0,2})$")
@@ -153,7 +159,7 @@ def nearest_level(sigma: int, trained: Sequence[int]) -> int:
     return min(trained, key=lambda s: (abs(s - sigma), s))
 
 
-def add_transfer_task(model: "IPT", sigma: int, source: str) -> str:
+def add_transfer_task(model: IPT, sigma: int, source: str) -> str:
     """Give ``model`` the task ``denoise<sigma>`` initialised as a copy of task ``source`` (head, tail, embedding)."""
     name = f"denoise{sigma}"
     model.add_task(name, embed_init=source)
@@ -174,11 +180,7 @@ def _centre_crop(img: Tensor, size: int | None) -> Tensor:
 
 def load_eval_images(eval_data: str | Path | None = None, eval_size: int | None = 192) -> list[tuple[str, Tensor]]:
     """``(name, clean (3,H,W) on 0-255)``: the held-out photos or the images of ``eval_data``, centre-cropped."""
-    from ipt.core.images.io import list_images, read_image
-
     if eval_data is None:
-        from ipt.core.images.photos import heldout_photos
-
         paths = heldout_photos()
     else:
         folder = Path(eval_data)
@@ -199,9 +201,6 @@ def load_eval_images(eval_data: str | Path | None = None, eval_size: int | None 
 
 def noisy_samples(images: Sequence[tuple[str, Tensor]], sigma: int, seed: int = 0) -> list[Sample]:
     """``(name, noisy, clean)`` with the ``denoise<sigma>`` plugin's noise, seeded by ``pair_seed(seed, name)``."""
-    from ipt.core.evaluation.evaluate import pair_seed
-    from ipt.registry import get_task
-
     spec = get_task(f"denoise{sigma}")
     out = []
     for name, clean in images:
@@ -212,9 +211,6 @@ def noisy_samples(images: Sequence[tuple[str, Tensor]], sigma: int, seed: int = 
 
 def _finetune(init_dir: Path, task: str, cfg: TransferConfig, options: InferenceOptions, run_dir: Path) -> Path:
     """Fine-tune ``task`` of the model in ``init_dir`` (body kept, other tasks dropped); the final model dir."""
-    from ipt.core.training.run import train
-    from ipt.core.training.config import TrainConfig
-
     if run_dir.exists():  # our own earlier run of the same level (--keep-runs): start it afresh
         shutil.rmtree(run_dir)
     tc = TrainConfig(
@@ -226,10 +222,8 @@ def _finetune(init_dir: Path, task: str, cfg: TransferConfig, options: Inference
     return train(tc)
 
 
-def _evaluate(model: "IPT", task: str, samples: list[Sample], options: InferenceOptions, baseline: bool,
+def _evaluate(model: IPT, task: str, samples: list[Sample], options: InferenceOptions, baseline: bool,
               save_dir: Path | None, progress: bool) -> Any:
-    from ipt.core.evaluation.evaluate import evaluate_pairs
-
     return evaluate_pairs(model, task, samples, options=options, baseline=baseline, save_dir=save_dir,
                           progress=progress, total=len(samples))
 
@@ -244,14 +238,8 @@ def _say(message: str) -> None:
 
 
 # -- the experiment -----------------------------------------------------------------------------------------------
-def transfer(cfg: TransferConfig, options: InferenceOptions | None = None) -> TransferResult:
-    """Run the experiment as configured, write ``transfer.{md,json,png}`` to ``cfg.out`` and return the numbers."""
-    from ipt.core.checkpoints.bundled import resolve_model_dir
-    from ipt.core.model.ipt import IPT
-    from ipt.core.checkpoints.pretrained import read_config
-
-    options = options or InferenceOptions()
-    t0 = time.perf_counter()
+def _open_model(cfg: TransferConfig) -> tuple[Path, list[str], dict[int, str], IPT]:
+    """The model directory, all its task names, its denoise levels and the model with those tasks only."""
     model_dir = resolve_model_dir(cfg.model)
     if not model_dir.exists():
         raise FileNotFoundError(f"{model_dir}: model directory not found")
@@ -263,63 +251,97 @@ def transfer(cfg: TransferConfig, options: InferenceOptions | None = None) -> Tr
             "the transfer experiment needs a model pre-trained on denoising, e.g. --tasks denoise30,denoise50"
         )
     base = IPT.from_pretrained(model_dir, tasks=list(levels.values())).eval()
+    return model_dir, all_tasks, levels, base
+
+
+@dataclass
+class _Experiment:
+    """What every noise level shares."""
+
+    cfg: TransferConfig
+    options: InferenceOptions
+    model_dir: Path
+    levels: dict[int, str]
+    base: IPT
+    images: list[tuple[str, Tensor]]
+    out: Path
+    scratch: Path
+
+    def images_dir(self, row: str, task: str) -> Path | None:
+        return self.out / "images" / row / task if self.cfg.save_images else None
+
+
+def _zero_shot_model(exp: _Experiment, sigma: int) -> tuple[IPT, str]:
+    """The model for ``denoise<sigma>`` without training at it, and the task its parts come from."""
+    if sigma in exp.levels:
+        return exp.base, f"denoise{sigma}"
+    source = exp.levels[nearest_level(sigma, sorted(exp.levels))]
+    model = copy.deepcopy(exp.base)
+    add_transfer_task(model, sigma, source)
+    model.keep_tasks([f"denoise{sigma}"])
+    return model.eval(), source
+
+
+def _fine_tuned_row(exp: _Experiment, model: IPT, task: str, samples: list[Sample], row: SigmaResult) -> str:
+    """Fine-tune ``model``'s ``task`` (or the pre-trained model's, at a trained level), score it into ``row``."""
+    if row.trained:
+        init_dir = exp.model_dir
+    else:
+        init_dir = exp.scratch / f"init-{task}"
+        model.save_pretrained(init_dir)
+    run_dir = exp.out / "runs" / task if exp.cfg.keep_runs else exp.scratch / f"run-{task}"
+    t1 = time.perf_counter()
+    final = _finetune(init_dir, task, exp.cfg, exp.options, run_dir)
+    tuned = IPT.from_pretrained(final, tasks=[task]).eval()
+    row.finetune_seconds = time.perf_counter() - t1
+    ft = _evaluate(tuned, task, samples, exp.options, False, exp.images_dir("fine_tuned", task), exp.cfg.progress)
+    row.fine_tuned = _summary(ft)
+    return f", fine-tuned {row.fine_tuned.psnr_y:.2f} dB ({row.finetune_seconds:.0f} s)"
+
+
+def _score_level(exp: _Experiment, sigma: int) -> SigmaResult:
+    """The input, zero-shot and (where asked) fine-tuned rows at one noise level."""
+    cfg, task = exp.cfg, f"denoise{sigma}"
+    trained = sigma in exp.levels
+    samples = noisy_samples(exp.images, sigma, cfg.seed)
+    model, source = _zero_shot_model(exp, sigma)
+    zs = _evaluate(model, task, samples, exp.options, True, exp.images_dir("zero_shot", task), cfg.progress)
+    if (noisy_dir := exp.images_dir("input", task)) is not None:
+        for name, noisy, _ in samples:
+            write_image(noisy_dir / f"{name}.png", noisy)
+    row = SigmaResult(sigma=sigma, trained=trained, source_task=source, input=_summary(zs.baseline),
+                      zero_shot=_summary(zs))
+    msg = f"sigma {sigma}: input {row.input.psnr_y:.2f} dB, zero-shot {row.zero_shot.psnr_y:.2f} dB" + (
+        "" if trained else f" (from {source})")
+    if cfg.finetune and (not trained or cfg.finetune_trained):
+        msg += _fine_tuned_row(exp, model, task, samples, row)
+    _say(msg)
+    return row
+
+
+def _write_outputs(result: TransferResult, cfg: TransferConfig, out: Path) -> None:
+    atomic_write_text(out / "transfer.md", format_table(result, show_ssim=cfg.show_ssim) + "\n")
+    atomic_write_text(out / "transfer.json", result.model_dump_json(indent=2) + "\n")
+    plot_transfer(result, out / "transfer.png")
+
+
+def transfer(cfg: TransferConfig, options: InferenceOptions | None = None) -> TransferResult:
+    """Run the experiment as configured, write ``transfer.{md,json,png}`` to ``cfg.out`` and return the numbers."""
+    options = options or InferenceOptions()
+    t0 = time.perf_counter()
+    model_dir, all_tasks, levels, base = _open_model(cfg)
     images = load_eval_images(cfg.eval_data, cfg.eval_size)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _say(f"model {model_dir} (denoise levels {', '.join(map(str, sorted(levels)))}); "
          f"{len(images)} evaluation image(s) ({', '.join(n for n, _ in images)}); sigmas {cfg.sigmas}; "
          + (f"{cfg.steps} fine-tuning steps per level" if cfg.finetune else "no fine-tuning"))
-
     scratch = Path(tempfile.mkdtemp(prefix="ipt-transfer-"))
-    results: list[SigmaResult] = []
     try:
-        for sigma in cfg.sigmas:
-            trained = sigma in levels
-            source = levels[nearest_level(sigma, sorted(levels))]
-            task = f"denoise{sigma}"
-            samples = noisy_samples(images, sigma, cfg.seed)
-            model = base
-            if not trained:
-                model = copy.deepcopy(base)
-                add_transfer_task(model, sigma, source)
-                model.keep_tasks([task])
-                model.eval()
-            images_dir = out / "images" if cfg.save_images else None
-            zs = _evaluate(model, task, samples, options, True,
-                           images_dir / "zero_shot" / task if images_dir else None, cfg.progress)
-            if images_dir is not None:
-                from ipt.core.images.io import write_image
-
-                for name, noisy, _ in samples:
-                    write_image(images_dir / "input" / task / f"{name}.png", noisy)
-            row = SigmaResult(sigma=sigma, trained=trained, source_task=task if trained else source,
-                              input=_summary(zs.baseline), zero_shot=_summary(zs))
-            msg = f"sigma {sigma}: input {row.input.psnr_y:.2f} dB, zero-shot {row.zero_shot.psnr_y:.2f} dB" + (
-                "" if trained else f" (from {source})")
-            if cfg.finetune and (not trained or cfg.finetune_trained):
-                if trained:
-                    init_dir = model_dir
-                else:
-                    init_dir = scratch / f"init-{task}"
-                    model.save_pretrained(init_dir)
-                run_dir = out / "runs" / task if cfg.keep_runs else scratch / f"run-{task}"
-                t1 = time.perf_counter()
-                final = _finetune(init_dir, task, cfg, options, run_dir)
-                tuned = IPT.from_pretrained(final, tasks=[task]).eval()
-                row.finetune_seconds = time.perf_counter() - t1
-                ft = _evaluate(tuned, task, samples, options, False,
-                               images_dir / "fine_tuned" / task if images_dir else None, cfg.progress)
-                row.fine_tuned = _summary(ft)
-                msg += f", fine-tuned {row.fine_tuned.psnr_y:.2f} dB ({row.finetune_seconds:.0f} s)"
-                del tuned
-            _say(msg)
-            results.append(row)
-            del model
+        exp = _Experiment(cfg, options, model_dir, levels, base, images, out, scratch)
+        results = [_score_level(exp, sigma) for sigma in cfg.sigmas]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-
-    from ipt.core.training.config import FINETUNE_LR
-
     settings = {
         **cfg.model_dump(mode="json", exclude={"model", "progress", "show_ssim"}),
         "lr": cfg.lr if cfg.lr is not None else FINETUNE_LR,
@@ -331,10 +353,7 @@ def transfer(cfg: TransferConfig, options: InferenceOptions | None = None) -> Tr
         model=str(model_dir), model_tasks=all_tasks, settings=settings, eval_images=[n for n, _ in images],
         eval_size=cfg.eval_size, results=results, seconds=time.perf_counter() - t0,
     )
-    table = format_table(result, show_ssim=cfg.show_ssim)
-    atomic_write_text(out / "transfer.md", table + "\n")
-    atomic_write_text(out / "transfer.json", result.model_dump_json(indent=2) + "\n")
-    plot_transfer(result, out / "transfer.png")
+    _write_outputs(result, cfg, out)
     return result
 
 
