@@ -10,6 +10,7 @@ from functools import partial
 
 import torch
 
+from ipt.core.images.resize import MATLAB_BICUBIC, bicubic_degrade
 from ipt.registry import MetricConventions, TaskSpec, hookimpl
 
 SCALES = (2, 3, 4)
@@ -17,8 +18,6 @@ SCALES = (2, 3, 4)
 
 def bicubic_lr(clean: torch.Tensor, generator: torch.Generator, scale: int) -> torch.Tensor:
     """Low-resolution input for ``clean`` (B,3,H,W), H and W divisible by ``scale`` (deterministic)."""
-    from ipt.core.images.resize import bicubic_degrade
-
     h, w = clean.shape[-2:]
     if h % scale or w % scale:
         raise ValueError(f"sr{scale}: image size {h}x{w} is not divisible by the scale {scale}")
@@ -32,7 +31,7 @@ def sr_task(scale: int) -> TaskSpec:
         scale=scale,
         degrade=partial(bicubic_lr, scale=scale),
         metrics=MetricConventions(color_space="y"),  # border crop = scale
-        params={"kernel": "bicubic (MATLAB imresize, antialiased)", "factor": scale, "quantised": True},
+        params={"kernel": MATLAB_BICUBIC, "factor": scale, "quantised": True},
     )
 
 

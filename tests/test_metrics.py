@@ -9,7 +9,16 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from ipt.core.evaluation.metrics import psnr, psnr_batch, quantize, rgb_to_y, score, ssim, ssim_batch
+from ipt.core.evaluation.metrics import (
+    psnr,
+    psnr_batch,
+    quantize,
+    rgb_to_y,
+    score,
+    scored_channel,
+    ssim,
+    ssim_batch,
+)
 
 
 def _image(seed: int, h: int = 40, w: int = 52) -> torch.Tensor:
@@ -205,3 +214,65 @@ def test_score_rgb_colour_space() -> None:
     assert score(clean, clean, scale=3)["psnr_y"] == float("inf")
     with pytest.raises(ValueError):
         score(restored, clean, scale=1, color_space="lab")  # type: ignore[arg-type]
+
+
+# --- conventions: official-python vs matlab (issue 20) ----------------------------------------------------------
+
+
+def test_rgb_to_y_rounded_is_matlab_rgb2ycbcr_on_uint8() -> None:
+    rgb = torch.tensor([[[0.0, 255, 10, 200]], [[0.0, 255, 20, 100]], [[0.0, 255, 30, 50]]])
+    y = rgb_to_y(rgb, round_to_uint8=True).flatten().tolist()
+    # 16 + (65.481 R + 128.553 G + 24.966 B) / 255 = 16, 235, 31.59..., 122.57... -> nearest integers
+    assert y == [16, 235, 32, 123]
+
+
+def test_rounded_y_psnr_hand_computed() -> None:
+    # Grey-ish RGB 100 everywhere, restored 101 on the left half. Float Y differs by 219/255 there; rounded Y
+    # differs by exactly 1 (Y(100) = 101.88 -> 102, Y(101) = 102.74 -> 103). After a 2-pixel crop, 14 of 28
+    # columns differ: MSE = (219/255)^2 / 2 (official-python) and 1 / 2 (matlab).
+    clean = torch.full((3, 32, 32), 100.0)
+    restored = clean.clone()
+    restored[:, :, :16] = 101.0
+    official = score(restored, clean, 2)["psnr_y"]
+    matlab = score(restored, clean, 2, convention="matlab")["psnr_y"]
+    assert official == pytest.approx(10 * math.log10(255**2 / ((219 / 255) ** 2 / 2)), abs=1e-9)
+    assert matlab == pytest.approx(10 * math.log10(255**2 * 2), abs=1e-9)
+    assert score(restored, clean, 2, convention="matlab")["psnr_rgb"] == score(restored, clean, 2)["psnr_rgb"]
+
+
+def test_rounded_y_can_hide_a_difference() -> None:
+    # (100, 100, 101) vs (100, 100, 100): float Y differs by 24.966/255; both round to Y = 102.
+    clean = torch.full((3, 16, 16), 100.0)
+    restored = clean.clone()
+    restored[2] = 101.0
+    assert score(restored, clean, 2, convention="matlab")["psnr_y"] == math.inf
+    assert score(restored, clean, 2)["psnr_y"] == pytest.approx(20 * math.log10(255 / (24.966 / 255)), abs=1e-9)
+
+
+def test_grey_pair_scored_on_grey_values_under_matlab() -> None:
+    # A grey file is repeated to RGB by the reader. official-python scores Y = 16 + 219 g / 255, so every error
+    # shrinks by 219/255 and the PSNR rises by 20 log10(255/219) = 1.3219 dB over the grey values' PSNR.
+    g = torch.Generator().manual_seed(3)
+    grey = torch.randint(0, 256, (1, 40, 36), generator=g).double()
+    out = (grey + torch.randint(-9, 10, (1, 40, 36), generator=g)).clamp(0, 255)
+    clean_rgb, out_rgb = grey.expand(3, -1, -1), out.expand(3, -1, -1)
+    raw = psnr(out, grey, crop_border=3)  # 1-channel inputs are scored as they are
+    matlab = score(out_rgb, clean_rgb, 3, convention="matlab", grey=True)
+    official = score(out_rgb, clean_rgb, 3, grey=True)  # grey changes nothing here
+    assert matlab["psnr_y"] == pytest.approx(raw, abs=1e-9)
+    assert matlab["ssim_y"] == pytest.approx(ssim(out, grey, crop_border=3), abs=1e-12)
+    assert official["psnr_y"] - matlab["psnr_y"] == pytest.approx(20 * math.log10(255 / 219), abs=1e-9)
+    assert 20 * math.log10(255 / 219) == pytest.approx(1.32192, abs=1e-5)
+    # without the grey flag an RGB-repeated image is scored on its rounded Y (16 + 219 g / 255, rounded)
+    assert score(out_rgb, clean_rgb, 3, convention="matlab")["psnr_y"] != pytest.approx(raw, abs=0.1)
+
+
+def test_scored_channel_of_grey_rgb_is_the_grey_value() -> None:
+    g = torch.arange(256, dtype=torch.float64).reshape(1, 16, 16)
+    assert torch.equal(scored_channel(g.expand(3, -1, -1), "matlab", grey=True), g)
+    assert torch.equal(scored_channel(g, "matlab", grey=True), g)
+    assert torch.allclose(scored_channel(g, "official-python"), 16 + g * 219 / 255, atol=1e-12)
+    with pytest.raises(ValueError, match="convention must be one of"):
+        scored_channel(g, "matlab-ish")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="convention must be one of"):
+        score(g.expand(3, -1, -1), g.expand(3, -1, -1), 2, convention="octave")  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""MATLAB-compatible bicubic imresize: weights, shapes, linearity, batching, dtypes."""
+"""MATLAB-compatible bicubic imresize: weights, shapes, linearity, batching, dtypes, per-pass uint8 rounding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ipt.core.images.resize import bicubic_degrade, imresize
+from ipt.core.images.resize import bicubic_degrade, imresize, matlab_uint8
 
 
 def _cubic_ref(x: float) -> float:
@@ -166,3 +166,62 @@ def test_antialias_off_is_plain_cubic_interpolation() -> None:
 def test_cuda_matches_cpu() -> None:
     x = torch.rand(2, 3, 33, 47, dtype=torch.float64) * 255
     assert torch.allclose(imresize(x.cuda(), 0.5).cpu(), imresize(x, 0.5), atol=1e-9)
+
+
+# -- MATLAB uint8 semantics: round after each pass (issue 20) --------------------------------------------------
+def _matlab_uint8_ref(v: float) -> int:
+    """MATLAB ``uint8(v)``: halves away from zero, saturated."""
+    r = math.floor(abs(v) + 0.5) * (1 if v >= 0 else -1)
+    return int(min(255, max(0, r)))
+
+
+def _matlab_resize_u8(img: np.ndarray, scale: float) -> np.ndarray:
+    """MATLAB ``imresize`` of a 2-D uint8 image, equal scales: rows (dim 1) first, uint8 after each pass."""
+    cols = [[_matlab_uint8_ref(v) for v in _matlab_resize_1d(img[:, c].astype(float), scale)] for c in range(img.shape[1])]
+    mid = np.array(cols, dtype=float).T
+    rows = [[_matlab_uint8_ref(v) for v in _matlab_resize_1d(mid[r], scale)] for r in range(mid.shape[0])]
+    return np.array(rows, dtype=np.int64)
+
+
+def _sharp(h: int, w: int, seed: int) -> np.ndarray:
+    """3x3 blocks of 0 and 255 and a few mid-tones: over/undershoot in every pass, so rounding and clamping bite."""
+    rng = np.random.default_rng(seed)
+    img = (rng.integers(0, 2, size=(h // 3 + 1, w // 3 + 1)) * 255).repeat(3, 0).repeat(3, 1)[:h, :w]
+    img[rng.integers(0, h, 6), rng.integers(0, w, 6)] = rng.integers(0, 256, 6)
+    return img.astype(np.int64)
+
+
+def test_matlab_uint8_rounds_halves_away_from_zero_and_saturates() -> None:
+    x = torch.tensor([0.5, 1.5, 2.5, -0.5, 2.4999, 254.5, 255.5, 300.0, -3.0], dtype=torch.float64)
+    assert matlab_uint8(x).tolist() == [1, 2, 3, 0, 2, 255, 255, 255, 0]
+    assert torch.round(x)[:3].tolist() == [0, 2, 2]  # torch rounds halves to even: not MATLAB
+
+
+@pytest.mark.parametrize("scale", [1 / 2, 1 / 3, 1 / 4, 2.0, 3.0])
+def test_round_each_pass_matches_loop_reference(scale: float) -> None:
+    img = _sharp(18, 15, 0)
+    out = imresize(torch.from_numpy(img).double(), scale=scale, round_each_pass=True)
+    assert np.array_equal(out.numpy().astype(np.int64), _matlab_resize_u8(img, scale))
+
+
+def test_round_each_pass_differs_from_one_rounding_on_sharp_edges() -> None:
+    img = torch.from_numpy(_sharp(24, 21, 1)).double()
+    per_pass = bicubic_degrade(img, 2, round_each_pass=True)
+    once = bicubic_degrade(img, 2)
+    assert torch.equal(once, imresize(img, scale=0.5).round().clamp(0, 255))  # default unchanged
+    assert (per_pass != once).any()  # the clamp between passes removes the first pass's overshoot
+    assert torch.equal(per_pass, per_pass.round()) and per_pass.min() >= 0 and per_pass.max() <= 255
+
+
+def test_round_each_pass_dtypes_channels_and_unequal_scales() -> None:
+    x = torch.from_numpy(_sharp(18, 15, 2)).to(torch.uint8)
+    out = imresize(x, scale=0.5, round_each_pass=True)
+    assert out.dtype == torch.float32 and out.shape == (9, 8)
+    rgb = torch.stack([x, x.flip(0), x.flip(1)]).double()
+    out3 = imresize(rgb, scale=1 / 3, round_each_pass=True)
+    assert out3.dtype == torch.float64 and out3.shape == (3, 6, 5)
+    for c in range(3):  # channels are independent, so a grey image gives the grey of its RGB repeat
+        assert torch.equal(out3[c], imresize(rgb[c], scale=1 / 3, round_each_pass=True))
+    assert imresize(rgb, size=(7, 30), round_each_pass=True).shape == (3, 7, 30)
+    with pytest.raises(ValueError, match="exactly one"):
+        imresize(rgb, round_each_pass=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ipt.core.commands.options import add_model_arguments, parse_config
+from ipt.core.evaluation.metrics import CONVENTIONS, DEFAULT_CONVENTION
 from ipt.core.evaluation.evaluate import EvalResult, evaluate
 from ipt.core.files import check_not_inputs
 from ipt.core.inference.restorer import (
@@ -28,6 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or clean images degraded on the fly)")
     parser.add_argument("--baseline", action="store_true",
                         help="also score bicubic upscaling (SR) or the degraded input (other tasks)")
+    parser.add_argument("--convention", choices=CONVENTIONS, default=DEFAULT_CONVENTION,
+                        help="scoring convention: official-python = the official IPT/EDSR Python scorer (the IPT "
+                             "paper's numbers); matlab = the MATLAB scripts behind the published SR tables (Y "
+                             "rounded to 8 bit, grey files scored on grey, per-pass-rounded imresize, the tables' "
+                             f"bicubic recipe for --baseline). Default: {DEFAULT_CONVENTION}")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--save-dir", metavar="DIR", default=None, help="write the restored images here")
     parser.add_argument("--seed", type=int, default=0, help="seed of on-the-fly degradations (default: 0)")
@@ -61,7 +67,7 @@ def format_table(result: EvalResult) -> str:
         head += [f"{h:>{_COL}}" for h in (f"{tag} Y", f"{tag} SSIM", f"{tag} RGB")]
     lines = [
         f"task {result.task}  data {result.data}  ({result.layout})",
-        f"protocol {result.protocol}  {result.tiles} tiles  {result.seconds:.1f} s",
+        f"protocol {result.protocol}  convention {result.convention}  {result.tiles} tiles  {result.seconds:.1f} s",
         "  ".join(head),
     ]
     for name, s in result.per_image.items():
@@ -96,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_task_model(args.model, args.task, resolve_device(options.device))
     result = evaluate(
         model, args.task, data, baseline=args.baseline, seed=args.seed, limit=args.limit,
-        save_dir=args.save_dir, options=options, progress=not args.quiet,
+        save_dir=args.save_dir, options=options, progress=not args.quiet, convention=args.convention,
     )
     print(result.model_dump_json() if args.json else format_table(result))
     return 0

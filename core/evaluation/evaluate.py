@@ -1,6 +1,7 @@
 """``ipt eval``: score a model on a benchmark folder with the paper's conventions (DESIGN.md).
 
     ipt eval --task sr2 --model MODEL_DIR --data benchmark/Set5 [--baseline] [--json] [--protocol official]
+             [--convention official-python|matlab]
 
 Folder layouts are detected by :mod:`ipt.core.evaluation.pairing` (EDSR/Set5 ``HR/`` + ``LR_bicubic/X{s}/``, paired
 subfolders, Rain100L ``rain-*``/``norain-*``, or a folder of clean images degraded on the fly by the task's plugin
@@ -9,6 +10,12 @@ with a seed derived from ``--seed`` and the file name). SR clean images are crop
 Scoring: the restored image is clamped and rounded to 8 bit, then PSNR and SSIM on the BT.601 Y channel with a
 border crop of ``scale`` pixels for SR (none otherwise), plus PSNR on RGB; the means are over images. ``--baseline``
 scores the MATLAB-bicubic upscale of the input (SR) or the degraded input itself (other tasks) the same way.
+
+Conventions (:data:`~ipt.core.evaluation.metrics.CONVENTIONS`): ``official-python`` (default) is the official
+IPT/EDSR Python scorer, which the IPT paper's numbers come from. ``matlab`` is the MATLAB scripts behind the
+published SR tables: Y rounded to 8 bit, one-channel files scored on their grey values, LR images made on the fly
+by ``imresize`` on uint8 (rounded after each pass: the official LR files bit for bit), and the ``--baseline`` Y
+scores recomputed with the tables' own recipe (:func:`table_bicubic_y`).
 Python use: :func:`evaluate` (a model and a folder) and :func:`evaluate_pairs` (any model or whole-image function
 and in-memory pairs). In ``--json`` output a perfect score is written as ``Infinity`` (as Python's json does).
 """
@@ -20,13 +27,15 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from ipt.core.evaluation.metrics import DEFAULT_CONVENTION, Convention, psnr, scored_channel, ssim
 from ipt.core.files import check_not_inputs
+from ipt.core.images.resize import MATLAB_BICUBIC, bicubic_degrade, imresize, matlab_uint8
 from ipt.core.inference.restorer import InferenceOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,11 +52,30 @@ __all__ = [
     "load_pairs",
     "pair_seed",
     "baseline_image",
+    "table_bicubic_y",
+    "Sample",
 ]
 
-# (name, degraded (3,h,w), clean (3,H,W)) on 0-255, optionally followed by ``grey`` (bool): a grey image, whose
-# restored output is reduced to one plane (channel mean, as ``ipt restore`` writes grey files) before scoring.
-Sample = tuple  # tuple[str, Tensor, Tensor] | tuple[str, Tensor, Tensor, bool]
+
+class Sample(NamedTuple):
+    """One evaluation pair on 0-255: ``degraded`` ``(3, h, w)``, ``clean`` ``(3, H, W)``.
+
+    ``grey``: a grey image, whose restored output is reduced to one plane (channel mean, as ``ipt restore`` writes
+    grey files) before scoring. ``channels``: colour channels of the clean file (None: 1 when grey, else 3); the
+    MATLAB convention scores one-channel files on their grey values. Plain ``(name, degraded, clean)`` or
+    ``(name, degraded, clean, grey)`` tuples are accepted where samples are.
+    """
+
+    name: str
+    degraded: Tensor
+    clean: Tensor
+    grey: bool = False
+    channels: int | None = None
+
+    @property
+    def one_channel(self) -> bool:
+        """The clean file had one colour channel (MATLAB's ``size(im, 3) == 1``)."""
+        return self.channels == 1 if self.channels is not None else bool(self.grey)
 
 
 class ImageScore(BaseModel):
@@ -95,6 +123,7 @@ class EvalResult(BaseModel):
     ssim_y: float
     psnr_rgb: float
     protocol: Literal["paper", "official"]
+    convention: Convention = Field(DEFAULT_CONVENTION, description="scoring convention (metrics.CONVENTIONS)")
     tiles: int = Field(..., description="network inputs (48x48 tiles) run over all images")
     seconds: float = Field(..., description="wall time of restoring and scoring (not of loading the model)")
     data: str | None = None
@@ -119,16 +148,26 @@ def _modcrop(img: Tensor, scale: int) -> Tensor:
     return img[..., : h - h % scale, : w - w % scale]
 
 
-def load_pairs(pairs: "Iterable[ImagePair]", spec: "TaskSpec", seed: int = 0) -> Iterator[Sample]:
+def _matlab_bicubic(spec: "TaskSpec") -> bool:
+    """The task degrades with MATLAB bicubic ``imresize`` (it declares ``params["kernel"] == MATLAB_BICUBIC``)."""
+    return spec.scale > 1 and spec.params.get("kernel") == MATLAB_BICUBIC
+
+
+def load_pairs(
+    pairs: "Iterable[ImagePair]", spec: "TaskSpec", seed: int = 0, convention: Convention = DEFAULT_CONVENTION
+) -> Iterator[Sample]:
     """Read each pair lazily: the clean image (modcropped for SR) and the stored or freshly degraded input, and
     whether it is grey. A grey clean image is degraded as grey: the degradation's first plane is kept and
-    repeated (noise of the task's sigma on one plane, not three independent ones)."""
+    repeated (noise of the task's sigma on one plane, not three independent ones). Under ``convention="matlab"``
+    the LR image of a MATLAB-bicubic SR task is made with per-pass rounding (the official LR files bit for bit)."""
     from ipt.core.images.io import read_image
 
     for p in pairs:
         loaded = read_image(p.clean)
         clean = _modcrop(loaded.rgb, spec.scale)
-        if p.degraded is None:
+        if p.degraded is None and convention == "matlab" and _matlab_bicubic(spec):
+            degraded = bicubic_degrade(clean, spec.scale, round_each_pass=True)  # per channel: grey stays grey
+        elif p.degraded is None:
             g = torch.Generator().manual_seed(pair_seed(seed, p.name))
             degraded = spec.degrade(clean, g).float()
             if loaded.grey:
@@ -137,24 +176,52 @@ def load_pairs(pairs: "Iterable[ImagePair]", spec: "TaskSpec", seed: int = 0) ->
             degraded = read_image(p.degraded).rgb
             h, w = degraded.shape[-2:]
             clean = clean[:, : h * spec.scale, : w * spec.scale]
-        yield p.name, degraded, clean, loaded.grey
+        yield Sample(p.name, degraded, clean, loaded.grey, loaded.channels)
 
 
-def baseline_image(degraded: Tensor, scale: int) -> Tensor:
-    """The reference method's output: MATLAB-compatible bicubic upscaling for SR, the input itself otherwise."""
+def baseline_image(degraded: Tensor, scale: int, convention: Convention = DEFAULT_CONVENTION) -> Tensor:
+    """The reference method's output: MATLAB-compatible bicubic upscaling for SR, the input itself otherwise.
+
+    ``convention="matlab"`` upscales as MATLAB does a uint8 image (rounded after each pass).
+    """
     if scale == 1:
         return degraded
-    from ipt.core.images.resize import imresize
+    return imresize(degraded.float(), scale=scale, round_each_pass=convention == "matlab")
 
-    return imresize(degraded.float(), scale=scale)
+
+def table_bicubic_y(clean: Tensor, scale: int, grey: bool = False) -> tuple[Tensor, Tensor]:
+    """The bicubic row of the published SR tables: ``(upscaled, reference)``, both ``(1, H, W)`` float64 on 0-255.
+
+    The recipe of the SRCNN demo code (Dong et al., ``demo_SR.m``), which the later tables kept: Y of the 8-bit HR
+    image by ``rgb2ycbcr`` (uint8; a grey file is its own Y), ``single(Y)/255``, ``imresize`` by ``1/scale`` and
+    back by ``scale`` in floating point (no rounding between), then ``uint8(... * 255)``. It starts from HR and
+    does not use stored LR files. Measured on Set5/Set14 x2/x3/x4 (issue 20): PSNR within 0.009 dB of the table,
+    SSIM equal to 4 decimals on Set5. ``clean`` is the modcropped ``(3, H, W)`` image (``grey``: the file was grey).
+    """
+    ref = scored_channel(clean, "matlab", grey)
+    low = imresize((ref / 255.0).float(), scale=1.0 / scale)
+    return matlab_uint8(imresize(low, scale=scale) * 255.0).to(torch.float64), ref
 
 
 # -- scoring -------------------------------------------------------------------------------------------------
-def _score(restored: Tensor, clean: Tensor, spec: "TaskSpec", grey: bool = False) -> ImageScore:
+def _score(restored: Tensor, clean: Tensor, spec: "TaskSpec", sample: Sample, convention: Convention) -> ImageScore:
     from ipt.core.evaluation.metrics import score
 
-    s = score(restored, clean, spec.scale, color_space=spec.metrics.color_space, crop_border=spec.crop_border)
-    return ImageScore(psnr_y=s["psnr_y"], ssim_y=s["ssim_y"], psnr_rgb=s["psnr_rgb"], grey=grey)
+    s = score(restored, clean, spec.scale, color_space=spec.metrics.color_space, crop_border=spec.crop_border,
+              convention=convention, grey=sample.one_channel)
+    return ImageScore(psnr_y=s["psnr_y"], ssim_y=s["ssim_y"], psnr_rgb=s["psnr_rgb"], grey=sample.grey)
+
+
+def _baseline_score(sample: Sample, spec: "TaskSpec", convention: Convention) -> ImageScore:
+    """Scores of the baseline; under ``matlab`` a MATLAB-bicubic SR task's Y scores follow :func:`table_bicubic_y`
+    (its RGB PSNR is that of the per-pass upscale of the input, the tables having no RGB column)."""
+    up = baseline_image(sample.degraded, spec.scale, convention)
+    base = _score(up, sample.clean, spec, sample, convention)
+    if convention != "matlab" or not _matlab_bicubic(spec):
+        return base
+    up_y, ref_y = table_bicubic_y(sample.clean, spec.scale, sample.one_channel)
+    border = spec.crop_border
+    return base.model_copy(update={"psnr_y": psnr(up_y, ref_y, border), "ssim_y": ssim(up_y, ref_y, border)})
 
 
 def _task_spec(model: Any, task: "str | TaskSpec") -> "TaskSpec":
@@ -168,30 +235,50 @@ def _task_spec(model: Any, task: "str | TaskSpec") -> "TaskSpec":
     return get_task(task)
 
 
+def _restore(model_or_fn: Any, restorer: Any, sample: Sample) -> Tensor:
+    """The 8-bit restored image of one sample (made grey for a grey sample); ValueError when its size differs
+    from the clean image's."""
+    from ipt.core.evaluation.metrics import quantize
+    from ipt.core.images.channels import grey_plane
+
+    if restorer is not None:
+        restored = restorer(sample.degraded)
+    else:
+        with torch.inference_mode():
+            restored = model_or_fn(sample.degraded).detach().float().cpu().clamp(0, 255)
+    if restored.shape != sample.clean.shape:
+        raise ValueError(
+            f"{sample.name}: restored image is {tuple(restored.shape)}, clean image {tuple(sample.clean.shape)}"
+        )
+    if sample.grey:
+        restored = grey_plane(restored).expand(3, -1, -1)
+    return quantize(restored)
+
+
 def evaluate_pairs(
     model_or_fn: "IPT | Callable[[Tensor], Tensor]",
     task: "str | TaskSpec",
-    pairs: Iterable[Sample],
+    pairs: Iterable[Sample | tuple],
     options: InferenceOptions | None = None,
     baseline: bool = False,
     save_dir: str | Path | None = None,
     progress: bool = False,
     total: int | None = None,
     on_image: Callable[[str, ImageScore, ImageScore | None], None] | None = None,
+    convention: Convention = DEFAULT_CONVENTION,
 ) -> EvalResult:
-    """Restore and score ``(name, degraded, clean)`` samples.
+    """Restore and score :class:`Sample` s (or ``(name, degraded, clean[, grey])`` tuples).
 
     ``model_or_fn`` is an :class:`~ipt.core.model.IPT` (run with the tiling ``options``) or a whole-image function
     ``degraded (3, h, w) -> restored (3, h*s, w*s)`` (run as is; ``tiles`` stays 0). ``task`` gives the scale and
-    the metric conventions. ``save_dir`` receives ``<name>.png`` per restored image. ``on_image`` is called after
-    each image with its scores (and its baseline scores).
+    the metric conventions; ``convention`` the scoring convention (module docstring). ``save_dir`` receives
+    ``<name>.png`` per restored image. ``on_image`` is called after each image with its scores (and its baseline
+    scores). Raises ValueError for duplicate names, size mismatches, unscorable images or no images.
     """
     from tqdm import tqdm
 
-    from ipt.core.images.channels import grey_plane
     from ipt.core.images.io import write_image
     from ipt.core.inference.restorer import TaskRestorer
-    from ipt.core.evaluation.metrics import quantize
     from ipt.core.model.ipt import IPT
 
     options = options or InferenceOptions()
@@ -202,34 +289,24 @@ def evaluate_pairs(
     base_scores: dict[str, ImageScore] = {}
     t0 = time.perf_counter()
     bar = tqdm(pairs, total=total, desc=f"eval {spec.name}", unit="img", disable=not progress or None, file=sys.stderr)
-    for name, degraded, clean, *rest in bar:
-        grey = bool(rest and rest[0])
-        if name in per_image:
-            raise ValueError(f"two samples are named {name!r}")
-        if restorer is not None:
-            restored = restorer(degraded)
-        else:
-            with torch.inference_mode():
-                restored = model_or_fn(degraded).detach().float().cpu().clamp(0, 255)  # type: ignore[operator]
-        if restored.shape != clean.shape:
-            raise ValueError(f"{name}: restored image is {tuple(restored.shape)}, clean image {tuple(clean.shape)}")
-        if grey:
-            restored = grey_plane(restored).expand(3, -1, -1)
-        restored = quantize(restored)
+    for item in bar:
+        sample = Sample(*item)
+        if sample.name in per_image:
+            raise ValueError(f"two samples are named {sample.name!r}")
+        restored = _restore(model_or_fn, restorer, sample)
         try:
-            per_image[name] = _score(restored, clean, spec, grey)
+            per_image[sample.name] = _score(restored, sample.clean, spec, sample, convention)
             if baseline:
-                base_scores[name] = _score(baseline_image(degraded, spec.scale), clean, spec, grey)
+                base_scores[sample.name] = _baseline_score(sample, spec, convention)
         except ValueError as exc:  # e.g. an image too small for SSIM's 11x11 window after the border crop
-            raise ValueError(f"{name}: cannot be scored: {exc}") from exc
+            raise ValueError(f"{sample.name}: cannot be scored: {exc}") from exc
         if save is not None:
-            write_image(save / f"{name}.png", restored[:1] if grey else restored)
+            write_image(save / f"{sample.name}.png", restored[:1] if sample.grey else restored)
         if on_image is not None:
-            on_image(name, per_image[name], base_scores.get(name))
+            on_image(sample.name, per_image[sample.name], base_scores.get(sample.name))
     bar.close()
     if not per_image:
         raise ValueError(f"no images to evaluate for {spec.name}")
-    summary = ScoreSummary.of(per_image)
     base = None
     if baseline:
         method = "bicubic (MATLAB imresize)" if spec.scale > 1 else "degraded input"
@@ -238,12 +315,13 @@ def evaluate_pairs(
         task=spec.name,
         n=len(per_image),
         protocol=options.protocol,
+        convention=convention,
         tiles=restorer.tiles if restorer is not None else 0,
         seconds=time.perf_counter() - t0,
         options={**options.model_dump(), "resolved_device": str(restorer.device) if restorer else None},
         baseline=base,
         grey_images=sum(s.grey for s in per_image.values()),
-        **summary.model_dump(),
+        **ScoreSummary.of(per_image).model_dump(),
     )
 
 
@@ -259,11 +337,12 @@ def evaluate(
     options: InferenceOptions | None = None,
     progress: bool = False,
     on_image: Callable[[str, ImageScore, ImageScore | None], None] | None = None,
+    convention: Convention = DEFAULT_CONVENTION,
 ) -> EvalResult:
     """Score ``model`` on ``task`` over a benchmark folder (layouts of :mod:`ipt.core.evaluation.pairing`).
 
     ``options`` (tiling, device, dtype) overrides ``protocol`` when given; ``limit`` keeps the first N pairs (sorted
-    by name). Raises :class:`~ipt.core.pairing.PairingError` for unpairable folders or mismatched sizes.
+    by name); ``convention`` is the scoring convention (module docstring). Raises :class:`~ipt.core.pairing.PairingError` for unpairable folders or mismatched sizes.
     """
     from ipt.core.evaluation.pairing import check_sizes, detect_layout
 
@@ -279,8 +358,8 @@ def evaluate(
         inputs = [Path(data_dir), *(f for p in pairs for f in (p.clean, p.degraded) if f is not None)]
         check_not_inputs(inputs, "--save-dir", writes=outputs, hint="save the restored images outside the benchmark")
     result = evaluate_pairs(
-        model, spec, load_pairs(pairs, spec, seed), options=options, baseline=baseline, save_dir=save_dir,
-        progress=progress, total=len(pairs), on_image=on_image,
+        model, spec, load_pairs(pairs, spec, seed, convention), options=options, baseline=baseline,
+        save_dir=save_dir, progress=progress, total=len(pairs), on_image=on_image, convention=convention,
     )
     return result.model_copy(update={
         "data": str(data_dir), "layout": layout.description, "seed": seed if layout.synthetic else None,

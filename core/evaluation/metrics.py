@@ -11,6 +11,14 @@ Conventions (see DESIGN.md, "Evaluation conventions"):
 * SR crops ``scale`` pixels from every border, other tasks crop nothing;
 * SSIM uses an 11x11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, and keeps only the fully-overlapping
   ("valid") window positions, as the MATLAB reference of Wang et al. does.
+
+Two scoring conventions (``convention=``, see :data:`CONVENTIONS`) differ in the scored channel only:
+
+* ``"official-python"`` (default): the official IPT/EDSR Python scorer. Grey images are repeated to RGB, so a grey
+  value g scores as Y = 16 + 219 g / 255; Y is not rounded.
+* ``"matlab"``: the MATLAB scripts behind the published SR tables. ``rgb2ycbcr`` on uint8 returns uint8, so Y is
+  rounded to 8 bit; a grey clean image is scored on its grey values (no Y at all), which is 1.32 dB lower per grey
+  image (``20 log10(255/219)``).
 """
 
 from __future__ import annotations
@@ -22,8 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ipt.core.images.resize import matlab_uint8
+
 __all__ = [
+    "Convention",
+    "CONVENTIONS",
+    "DEFAULT_CONVENTION",
     "rgb_to_y",
+    "scored_channel",
     "quantize",
     "psnr",
     "psnr_batch",
@@ -35,6 +49,11 @@ __all__ = [
 # BT.601 luma weights for 0-255 inputs (MATLAB rgb2ycbcr: 65.481, 128.553, 24.966 per unit of [0, 1] input).
 _Y_WEIGHTS = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
 _Y_OFFSET = 16.0
+_Y_SUM = 219.0  # 65.481 + 128.553 + 24.966: the Y of grey g is 16 + 219 g / 255
+
+Convention = Literal["official-python", "matlab"]
+CONVENTIONS: tuple[str, ...] = ("official-python", "matlab")
+DEFAULT_CONVENTION: Convention = "official-python"
 
 _SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
@@ -42,18 +61,38 @@ _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
 
 
-def rgb_to_y(img_255: Tensor) -> Tensor:
+def rgb_to_y(img_255: Tensor, round_to_uint8: bool = False) -> Tensor:
     """Return the BT.601 luma of an RGB image on the 0-255 scale.
 
     ``img_255`` is ``(..., 3, H, W)``; the result is ``(..., 1, H, W)`` (channel kept so shapes stay image-like)
-    in the input's floating dtype, with Y in [16, 235] for inputs in [0, 255].
+    in the input's floating dtype, with Y in [16, 235] for inputs in [0, 255]. ``round_to_uint8=True`` is MATLAB's
+    ``rgb2ycbcr`` on a uint8 image (halves away from zero). Raises ValueError unless there are 3 channels.
     """
     if img_255.ndim < 3 or img_255.shape[-3] != 3:
         raise ValueError(f"rgb_to_y expects (..., 3, H, W), got shape {tuple(img_255.shape)}")
     img = img_255 if img_255.is_floating_point() else img_255.to(torch.float64)
     r, g, b = img.unbind(dim=-3)
-    y = _Y_OFFSET + _Y_WEIGHTS[0] * r + _Y_WEIGHTS[1] * g + _Y_WEIGHTS[2] * b
-    return y.unsqueeze(-3)
+    y = (_Y_OFFSET + _Y_WEIGHTS[0] * r + _Y_WEIGHTS[1] * g + _Y_WEIGHTS[2] * b).unsqueeze(-3)
+    return matlab_uint8(y) if round_to_uint8 else y
+
+
+def scored_channel(img_255: Tensor, convention: Convention = DEFAULT_CONVENTION, grey: bool = False) -> Tensor:
+    """The channel PSNR-Y/SSIM-Y are computed on, ``(1, H, W)`` float64, for 8-bit ``(3, H, W)`` or ``(1, H, W)``.
+
+    ``grey`` says the *clean* image of the pair was a grey file. ``official-python``: float Y of the RGB image
+    (grey repeated). ``matlab``: rounded Y, or for grey pairs the grey values (an RGB image, e.g. a model's output
+    for a grey input, is reduced to grey by ``uint8((Y - 16) * 255 / 219)``, which gives g back when R = G = B).
+    Raises ValueError for an unknown convention or a channel count other than 1 or 3.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}")
+    img = img_255.detach().to(torch.float64)
+    if img.ndim != 3 or img.shape[0] not in (1, 3):
+        raise ValueError(f"expected (1, H, W) or (3, H, W), got shape {tuple(img.shape)}")
+    if convention == "matlab" and grey:
+        return img if img.shape[0] == 1 else matlab_uint8((rgb_to_y(img) - _Y_OFFSET) * (255.0 / _Y_SUM))
+    rgb = img.expand(3, -1, -1) if img.shape[0] == 1 else img
+    return rgb_to_y(rgb, round_to_uint8=convention == "matlab")
 
 
 def quantize(img: Tensor) -> Tensor:
@@ -157,13 +196,16 @@ def score(
     scale: int,
     color_space: Literal["y", "rgb"] = "y",
     crop_border: int | None = None,
+    convention: Convention = DEFAULT_CONVENTION,
+    grey: bool = False,
 ) -> dict[str, float]:
     """Score one restored image against its clean reference with the benchmark conventions.
 
     ``restored`` is 8-bit quantised first; ``crop_border=None`` crops ``scale`` pixels for SR (``scale > 1``)
     and nothing otherwise. Returns ``psnr_y``, ``ssim_y`` and ``psnr_rgb`` always, plus ``psnr`` and ``ssim`` in
     the task's ``color_space`` (and ``ssim_rgb`` when that is ``"rgb"``). Images are ``(3, H, W)`` or
-    ``(1, 3, H, W)``.
+    ``(1, 3, H, W)``. ``psnr_y``/``ssim_y`` are on :func:`scored_channel` under ``convention`` (``grey``: the
+    clean file was grey); the RGB scores do not depend on the convention.
     """
     if color_space not in ("y", "rgb"):
         raise ValueError(f"color_space must be 'y' or 'rgb', got {color_space!r}")
@@ -174,9 +216,11 @@ def score(
     border = (scale if scale > 1 else 0) if crop_border is None else crop_border
     out = quantize(restored.detach().to(torch.float64))
     ref = clean.detach().to(torch.float64)
+    _check_pair(out, ref, 3)
+    out_y, ref_y = scored_channel(out, convention, grey), scored_channel(ref, convention, grey)
     result = {
-        "psnr_y": psnr(out, ref, border, y_only=True),
-        "ssim_y": ssim(out, ref, border, y_only=True),
+        "psnr_y": psnr(out_y, ref_y, border, y_only=True),
+        "ssim_y": ssim(out_y, ref_y, border, y_only=True),
         "psnr_rgb": psnr(out, ref, border, y_only=False),
     }
     if color_space == "rgb":
