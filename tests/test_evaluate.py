@@ -12,6 +12,7 @@ import torch
 
 from ipt.cli import main
 from ipt.core.evaluation.evaluate import evaluate_pairs
+from ipt.core.evaluation.metrics import psnr
 from ipt.core.images.io import read_image, write_image
 from ipt.core.evaluation.pairing import PairingError, detect_layout
 from ipt.core.images.resize import bicubic_degrade, imresize
@@ -218,3 +219,75 @@ def test_official_protocol_runs_more_tiles(model_dir: Path, clean_dir: Path,
     assert official["tiles"] == sum(official_tile_count(h, w) for h, w in sizes) > paper["tiles"]
     assert official["protocol"] == "official"
     assert all(math.isfinite(official["per_image"][n]["psnr_y"]) for n in ("a", "b"))
+
+
+# -- conventions (issue 20) ----------------------------------------------------------------------------------------
+def test_convention_in_table_and_json(model_dir: Path, clean_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("--task", "sr2", "--model", str(model_dir), "--data", str(clean_dir), "--baseline")
+    default = _eval_json(capsys, *args)
+    matlab = _eval_json(capsys, *args, "--convention", "matlab")
+    assert default["convention"] == "official-python" and matlab["convention"] == "matlab"
+    # Y rounded to 8 bit and per-pass-rounded LR images: every score moves, RGB PSNR only through the LR images
+    assert matlab["per_image"]["a"]["psnr_y"] != default["per_image"]["a"]["psnr_y"]
+    capsys.readouterr()
+    assert main(["eval", *args, "--quiet", "--convention", "matlab"]) == 0
+    assert "convention matlab" in capsys.readouterr().out.splitlines()[1]
+    with pytest.raises(SystemExit):
+        main(["eval", *args, "--convention", "octave"])
+    assert "invalid choice: 'octave'" in capsys.readouterr().err
+
+
+def test_matlab_convention_makes_lr_with_per_pass_rounding(clean_dir: Path) -> None:
+    from ipt.core.evaluation.evaluate import load_pairs
+    from ipt.registry import get_task
+
+    spec = get_task("sr2")
+    pairs = detect_layout(clean_dir, "sr2", 2, spec.params).pairs
+    matlab = {s.name: s for s in load_pairs(pairs, spec, convention="matlab")}
+    official = {s.name: s for s in load_pairs(pairs, spec)}
+    for name, s in matlab.items():
+        assert s.clean.shape[-2:] == (50, 70) if name == "a" else (50, 60)  # modcropped
+        assert torch.equal(s.degraded, bicubic_degrade(s.clean, 2, round_each_pass=True).float())
+        assert torch.equal(official[name].degraded, bicubic_degrade(s.clean, 2))
+        assert not s.grey
+
+
+def test_grey_file_scored_on_grey_values(tmp_path: Path) -> None:
+    from ipt.core.evaluation.evaluate import load_pairs, table_bicubic_y
+    from ipt.registry import get_task
+
+    from PIL import Image
+
+    grey = _photo(40, 44, 7)[:1]  # (1, H, W), saved as an 8-bit grey ("L") PNG
+    Image.fromarray(grey[0].numpy().astype("uint8"), mode="L").save(tmp_path / "g.png")
+    spec = get_task("sr2")
+    (sample,) = load_pairs(detect_layout(tmp_path, "sr2", 2, spec.params).pairs, spec, convention="matlab")
+    assert sample.grey and torch.equal(sample.clean, grey.expand(3, -1, -1))
+    upscale = lambda d: imresize(d, scale=2)  # noqa: E731
+    res = {c: evaluate_pairs(upscale, spec, [sample], baseline=True, convention=c) for c in ("matlab", "official-python")}
+    out = imresize(sample.degraded, scale=2).clamp(0, 255).round()[:1].double()
+    d = (out - grey)[:, 2:-2, 2:-2]
+    assert res["matlab"].psnr_y == pytest.approx(10 * math.log10(255**2 / float((d**2).mean())), abs=1e-9)
+    assert res["official-python"].psnr_y - res["matlab"].psnr_y == pytest.approx(20 * math.log10(255 / 219), abs=1e-9)
+    # the baseline's Y follows the tables' recipe on the grey values themselves
+    up, ref = table_bicubic_y(sample.clean, 2, grey=True)
+    assert torch.equal(ref, grey.double())
+    assert res["matlab"].baseline.psnr_y == pytest.approx(psnr(up, ref, crop_border=2), abs=1e-12)
+
+
+def test_table_bicubic_recipe_hand_checked() -> None:
+    from ipt.core.evaluation.evaluate import table_bicubic_y
+    from ipt.core.images.resize import matlab_uint8
+
+    clean = _photo(24, 30, 3)
+    up, ref = table_bicubic_y(clean, 3)
+    y = 16 + (65.481 * clean[0] + 128.553 * clean[1] + 24.966 * clean[2]).double() / 255
+    assert torch.equal(ref[0], matlab_uint8(y))  # rgb2ycbcr on uint8
+    # float down and up (no rounding in between), one uint8 conversion at the end
+    expected = matlab_uint8(imresize(imresize(ref / 255, scale=1 / 3), scale=3) * 255)
+    assert up.shape == ref.shape == (1, 24, 30)
+    assert (up - expected).abs().max() <= 1  # float32 (MATLAB single) vs float64: at most a tie apart
+    assert torch.equal(up, up.round())
+    flat = torch.full((3, 24, 30), 77.0)
+    up, ref = table_bicubic_y(flat, 2)
+    assert torch.equal(up, ref)  # a constant image survives bicubic down/up exactly
