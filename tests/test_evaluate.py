@@ -263,7 +263,7 @@ def test_grey_file_scored_on_grey_values(tmp_path: Path) -> None:
     spec = get_task("sr2")
     (sample,) = load_pairs(detect_layout(tmp_path, "sr2", 2, spec.params).pairs, spec, convention="matlab")
     assert sample.grey and torch.equal(sample.clean, grey.expand(3, -1, -1))
-    upscale = lambda d: imresize(d, scale=2)  # noqa: E731
+    upscale = lambda d: imresize(d, scale=2)
     res = {c: evaluate_pairs(upscale, spec, [sample], baseline=True, convention=c) for c in ("matlab", "official-python")}
     out = imresize(sample.degraded, scale=2).clamp(0, 255).round()[:1].double()
     d = (out - grey)[:, 2:-2, 2:-2]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from ipt.core.evaluation.evaluate import evaluate_pairs, load_pairs
 from ipt.core.evaluation.pairing import detect_layout
 from ipt.core.images.io import read_image
@@ -62,7 +61,7 @@ def test_bicubic_row_reproduced_under_matlab(key: tuple[str, int]) -> None:
     root = _needs(name)
     spec = get_task(f"sr{scale}")
     pairs = detect_layout(root, spec.name, scale, spec.params).pairs
-    upscale = lambda d: imresize(d, scale=scale)  # noqa: E731  (the model: irrelevant, only the baseline counts)
+    upscale = lambda d: imresize(d, scale=scale)
     res = evaluate_pairs(upscale, spec, load_pairs(pairs, spec, convention="matlab"), baseline=True,
                          convention="matlab")
     psnr, ssim = TABLE[key]
