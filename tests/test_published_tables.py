@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from ipt.core.evaluation.evaluate import evaluate_pairs, load_pairs
 from ipt.core.evaluation.pairing import detect_layout
 from ipt.core.images.io import read_image
