@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from ipt.registry import hookspecs
 from ipt.registry.commands import Command
-from ipt.registry.spec import TaskFamily, TaskSpec
+from ipt.registry.spec import DegradeError, TaskFamily, TaskSpec
 
 DISABLE_ENV = "IPT_DISABLE_PLUGINS"
 BUILTIN_DISTRIBUTION = "ipt-framework"
@@ -293,12 +293,20 @@ class TaskRegistry:
         distribution, and is recorded on the plugin (``ipt plugins`` shows it)."""
         size = PATCH * spec.scale
         ramp = torch.linspace(0, 255, size)
-        clean = torch.stack([ramp.view(1, -1, 1) + 0 * ramp.view(1, 1, -1)] * 3, dim=1).expand(2, 3, size, size)
-        info = self.plugins.get(spec.plugin or "") or PluginInfo(spec.plugin or "?", spec.distribution, spec.version)
-        ok, _ = plugin_call(info, f"task {spec.name!r}: a dry run of degrade", lambda: spec.degrade(
-            clean.contiguous(), torch.Generator().manual_seed(0)))
-        if not ok:
-            raise PluginError(f"{info.origin}: {info.errors[-1]}")
+        clean = (ramp.view(1, 1, -1, 1) + 0 * ramp.view(1, 1, 1, -1)).expand(2, 3, size, size).contiguous()
+        try:
+            spec.degrade(clean, torch.Generator().manual_seed(0))
+            return
+        except DegradeError as exc:  # already names the task, plugin and distribution
+            msg = str(exc)
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - SystemExit too
+            msg = f"task {spec.name!r} of {spec.origin}: degrade failed on a {tuple(clean.shape)} batch: {_describe(exc)}"
+        info = self.plugins.get(spec.plugin or "")
+        if info is not None and msg not in info.errors:
+            info.errors.append(msg)
+        raise PluginError(msg)
 
     def check_all(self) -> None:
         """:meth:`check` every registered task (the failures are recorded on their plugins)."""

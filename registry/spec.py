@@ -8,7 +8,9 @@ seed gives the same corrupted image in any process or DataLoader worker.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 import warnings
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
@@ -148,12 +150,14 @@ class TaskSpec(BaseModel):
     def head(self, cfg: "ModelConfig") -> "nn.Module | None":
         """The plugin's head, mapping ``(B, in_channels, P, P)`` to ``(B, C, P, P)`` (``P = cfg.patch_size``,
         ``C = cfg.n_feats``), or ``None``: the model then builds the IPT head."""
-        return None if self.build_head is None else self.build_head(cfg)
+        with contextlib.redirect_stdout(sys.stderr):
+            return None if self.build_head is None else self.build_head(cfg)
 
     def tail(self, cfg: "ModelConfig") -> "nn.Module | None":
         """The plugin's tail, mapping ``(B, C, P, P)`` to ``(B, 3, P*scale, P*scale)``, or ``None``: the model
         then builds the IPT tail for ``scale``."""
-        return None if self.build_tail is None else self.build_tail(cfg)
+        with contextlib.redirect_stdout(sys.stderr):
+            return None if self.build_tail is None else self.build_tail(cfg)
 
     def degrade(self, clean: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Corrupt ``clean`` (0-255 float, ``(B,3,H,W)`` or ``(3,H,W)``) into the network input.
@@ -171,7 +175,8 @@ class TaskSpec(BaseModel):
         x = clean.unsqueeze(0) if single else clean
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"task {self.name!r}: degrade expects (B,3,H,W) or (3,H,W), got {tuple(clean.shape)}")
-        out = self.degrade_fn(x.clone(), generator)
+        with contextlib.redirect_stdout(sys.stderr):  # a plugin's prints never mix with `--json` output
+            out = self.degrade_fn(x.clone(), generator)
         self._check_degraded(x, out)
         return out[0] if single else out
 

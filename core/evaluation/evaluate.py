@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from ipt.core.files import check_not_inputs
+from ipt.core.images.extra import with_extra_inputs
 from ipt.core.inference.restorer import InferenceOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -131,10 +132,10 @@ def load_pairs(pairs: "Iterable[ImagePair]", spec: "TaskSpec", seed: int = 0) ->
         if p.degraded is None:
             g = torch.Generator().manual_seed(pair_seed(seed, p.name))
             degraded = spec.degrade(clean, g).float()
-            if loaded.grey:
-                degraded = degraded[:1].expand(3, -1, -1).contiguous()
-        else:
-            degraded = read_image(p.degraded).rgb
+            if loaded.grey:  # the RGB channels; a task's extra inputs (mask...) follow unchanged
+                degraded = torch.cat([degraded[:1].expand(3, -1, -1), degraded[3:]]).contiguous()
+        else:  # a task's extra inputs sit beside the stored input: input/photo_mask.png or mask/photo.png
+            degraded = with_extra_inputs(Path(p.degraded), read_image(p.degraded).rgb, spec.extra_inputs)
             h, w = degraded.shape[-2:]
             clean = clean[:, : h * spec.scale, : w * spec.scale]
         yield p.name, degraded, clean, loaded.grey
@@ -219,7 +220,7 @@ def evaluate_pairs(
         try:
             per_image[name] = _score(restored, clean, spec, grey)
             if baseline:
-                base_scores[name] = _score(baseline_image(degraded, spec.scale), clean, spec, grey)
+                base_scores[name] = _score(baseline_image(degraded[:3], spec.scale), clean, spec, grey)
         except ValueError as exc:  # e.g. an image too small for SSIM's 11x11 window after the border crop
             raise ValueError(f"{name}: cannot be scored: {exc}") from exc
         if save is not None:
