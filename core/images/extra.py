@@ -56,7 +56,7 @@ def read_extra_inputs(image: Path, extras: Sequence[ExtraInput], size: tuple[int
         rgb = read_image(path).rgb
         if tuple(rgb.shape[-2:]) != tuple(size):
             h, w = rgb.shape[-2:]
-            raise ImageReadError(path, f"is {w}x{h}, its image {image.name} is {size[1]}x{size[0]}")
+            raise ImageReadError(image, f"its {e.name} {path} is {w}x{h}, the image is {size[1]}x{size[0]}")
         planes.append(rgb.mean(dim=0, keepdim=True) if e.channels == 1 else rgb)
     return torch.cat(planes, dim=0) if planes else torch.empty(0, *size)
 
