@@ -68,7 +68,6 @@ _PYPROJECT = textwrap.dedent('''\
 
     [tool.pytest.ini_options]
     testpaths = ["tests"]
-    pytest_plugins = ["ipt.testing"]
     ''')
 
 _MODULE = textwrap.dedent('''\

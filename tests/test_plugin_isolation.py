@@ -372,3 +372,65 @@ def test_plugin_commands_run_and_cannot_take_over_builtin_ones(tmp_path: Path) -
     assert "command 'train' is a built-in ipt command" in listed["error"]
     assert "say-hello" in _ipt(site, "--help").stdout
     assert "usage: ipt train" in _ipt(site, "train", "--help").stdout  # the built-in, not the plugin's
+
+
+# -- ipt plugin new ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [1, 3])
+def test_plugin_new_writes_a_skeleton_that_passes_the_kit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          scale: int) -> None:
+    import importlib
+
+    import ipt.testing as kit
+    from ipt.cli import main
+    from ipt.registry import manager
+
+    assert main(["plugin", "new", "fog_removal", "--scale", str(scale), "--dir", str(tmp_path)]) == 0
+    root = tmp_path / "ipt-plugin-fog-removal"
+    assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) == [
+        "README.md", "ipt_plugin_fog_removal/__init__.py", "pyproject.toml", "tests/test_fog_removal.py"]
+    import tomllib
+
+    meta = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    assert meta["entry-points"]["ipt"] == {"fog_removal": "ipt_plugin_fog_removal"} and meta["name"] == root.name
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, "ipt_plugin_fog_removal", raising=False)
+    module = importlib.import_module("ipt_plugin_fog_removal")
+    registry = TaskRegistry([("fog_removal", module, root.name, "0.1.0")])
+    monkeypatch.setattr(manager, "_REGISTRY", registry)
+    spec = registry.get("fog_removal")
+    assert registry.errors() == {} and spec.scale == scale
+    kit.assert_spec_valid(spec)
+    kit.assert_degrade_range_and_shape(spec)
+    kit.assert_degrade_seeded(spec, deterministic=False)
+    kit.assert_model_shapes(spec)
+    kit.assert_save_load_roundtrip(spec, tmp_path)
+
+
+def test_plugin_new_refuses_bad_names_scales_and_existing_folders(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from ipt.cli import main
+
+    assert main(["plugin", "new", "Fog", "--dir", str(tmp_path)]) == 2
+    assert "'Fog' is not a task name" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: 5 is not a scale the default tail supports
+        main(["plugin", "new", "fog", "--scale", "5", "--dir", str(tmp_path)])
+    (tmp_path / "ipt-plugin-fog").mkdir()
+    (tmp_path / "ipt-plugin-fog" / "mine.txt").write_text("keep")
+    assert main(["plugin", "new", "fog", "--dir", str(tmp_path)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "ipt-plugin-fog").iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.slow
+def test_plugin_new_installs_and_passes_its_own_tests_as_generated(tmp_path: Path) -> None:
+    from plugin_helpers import PluginEnv
+
+    from ipt.cli import main
+
+    assert main(["plugin", "new", "sharpen", "--scale", "2", "--dir", str(tmp_path)]) == 0
+    env = PluginEnv.create(tmp_path / "venv")
+    env.pip_install(tmp_path / "ipt-plugin-sharpen", workdir=tmp_path / "build")
+    listed = {p["name"]: p for p in env.ipt_json("plugins")}
+    assert listed["sharpen"]["tasks"] == ["sharpen"] and listed["sharpen"]["distribution"] == "ipt-plugin-sharpen"
+    proc = env.run(["-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=tmp_path / "build" / "ipt-plugin-sharpen",
+                   timeout=900)
+    assert proc.returncode == 0 and "2 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]

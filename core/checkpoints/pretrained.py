@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from ipt.core.files import atomic_write_dir
 from ipt.core.model.config import ModelConfig
-from ipt.registry.manager import BUILTIN_DISTRIBUTION
+from ipt.registry.manager import BUILTIN_DISTRIBUTION, UnknownTaskError, get_registry
 from ipt.registry.spec import TASK_NAME_RE
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import safe_open
@@ -204,8 +204,6 @@ def _check_format(raw: dict[str, Any], path: Path) -> None:
 
 def resolve_tasks(cfg: SavedModelConfig, names: Sequence[str], source: str) -> list[Any]:
     """The TaskSpecs of a saved model's tasks; a missing plugin is named with its distribution."""
-    from ipt.registry.manager import UnknownTaskError, get_registry
-
     registry = get_registry()
     entries = {t.name: t for t in cfg.tasks}
     specs = []
