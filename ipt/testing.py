@@ -14,10 +14,13 @@ Every check raises :class:`AssertionError` with a message that names the task an
   group ``ipt``, and the real registry loads it without errors;
 * :func:`assert_spec_valid` - the :class:`~ipt.registry.spec.TaskSpec` is complete and JSON-describable;
 * :func:`assert_degrade_range_and_shape` - ``degrade`` gives float, finite values on [0, 255] of shape
-  ``(B, 3, H/scale, W/scale)`` (and ``(3, H/s, W/s)`` for one image), and leaves its input untouched;
+  ``(B, in_channels, H/scale, W/scale)`` (and ``(in_channels, H/s, W/s)`` for one image), and leaves its input
+  untouched (``in_channels`` = 3 + the task's ``extra_inputs``);
 * :func:`assert_degrade_seeded` - the same seed gives the same output whatever the global RNG state; another seed
-  gives another output (except deterministic degradations such as bicubic SR);
-* :func:`assert_model_shapes` - head, body and tail map ``(B, 3, 48, 48)`` to ``(B, 3, 48*scale, 48*scale)``;
+  gives another output, unless the degradation is deterministic: pass ``deterministic=True`` for one without
+  randomness (a fixed JPEG quality, bicubic SR); scale > 1 tasks are not required to differ by default;
+* :func:`assert_model_shapes` - head, body and tail map ``(B, in_channels, 48, 48)`` to
+  ``(B, 3, 48*scale, 48*scale)``;
 * :func:`assert_gradients_reach` - one forward/backward gives a gradient to every parameter of the task's head,
   tail and task embedding;
 * :func:`assert_save_load_roundtrip` - ``save_pretrained``/``from_pretrained`` keeps the weights, the outputs and
@@ -54,6 +57,7 @@ __all__ = [
     "assert_save_load_roundtrip",
     "assert_spec_valid",
     "check_task_plugin",
+    "model_inputs",
     "sample_images",
 ]
 
@@ -77,7 +81,7 @@ def assert_discovered(task_name: str, distribution: str | None = None) -> TaskSp
     With ``distribution``, the task must come from that installed distribution, which must declare an entry
     point in the group ``ipt`` and load without errors.
     """
-    from ipt.registry.manager import TaskRegistry, UnknownTaskError
+    from ipt.registry.manager import PluginError, TaskRegistry, UnknownTaskError
 
     registry = TaskRegistry()  # a fresh load: sees what is installed now, whatever was cached before
     if distribution is not None:
@@ -104,6 +108,8 @@ def assert_discovered(task_name: str, distribution: str | None = None) -> TaskSp
         spec = registry.get(task_name)
     except UnknownTaskError as exc:
         raise _fail(task_name, f"not found through the entry points: {exc}") from None
+    except PluginError as exc:  # e.g. the registry's dry run of degrade gave the wrong shape
+        raise _fail(task_name, f"the registry rejects it: {exc}") from None
     if distribution is not None and _canonical(spec.distribution or "") != _canonical(distribution):
         raise _fail(
             task_name,
@@ -122,11 +128,11 @@ def assert_spec_valid(spec: TaskSpec) -> None:
         raise _fail(spec, "the description is empty")
     if not isinstance(spec.scale, int) or not 1 <= spec.scale <= 8:
         raise _fail(spec, f"scale must be an integer in 1..8, got {spec.scale!r}")
-    for field in ("degrade_fn", "build_head"):
-        if not callable(getattr(spec, field)):
-            raise _fail(spec, f"{field} is not callable")
-    if spec.build_tail is not None and not callable(spec.build_tail):
-        raise _fail(spec, "build_tail is not callable")
+    if not callable(spec.degrade_fn):
+        raise _fail(spec, "degrade is not callable")
+    for field in ("build_head", "build_tail"):
+        if getattr(spec, field) is not None and not callable(getattr(spec, field)):
+            raise _fail(spec, f"{field} is neither None (the IPT default) nor callable")
     if not isinstance(spec.metrics, MetricConventions) or spec.metrics.color_space not in ("y", "rgb"):
         raise _fail(spec, f"metrics must be MetricConventions(color_space='y'|'rgb'), got {spec.metrics!r}")
     if spec.crop_border < 0:
@@ -168,19 +174,23 @@ def _sizes(spec: TaskSpec, size: int) -> tuple[int, int]:
     return h, h + 8 * s
 
 
-def _degrade(spec: TaskSpec, clean: torch.Tensor, seed: int) -> torch.Tensor:
+def _degrade(spec: TaskSpec, clean: torch.Tensor, seed: int) -> Any:
+    """The plugin's own function (not :meth:`TaskSpec.degrade`, which checks the shape and passes a copy), so the
+    kit sees exactly what the plugin returns and whether it writes into its input."""
+    single = clean.dim() == 3
     try:
-        return spec.degrade(clean, torch.Generator().manual_seed(seed))
+        out = spec.degrade_fn(clean.unsqueeze(0) if single else clean, torch.Generator().manual_seed(seed))
     except Exception as exc:  # noqa: BLE001 - report which input made it fail
         shape = tuple(clean.shape)
         raise _fail(spec, f"degrade raised {type(exc).__name__} on an input of shape {shape}: {exc}") from exc
+    return out[0] if single and isinstance(out, torch.Tensor) else out  # as TaskSpec.degrade does
 
 
 def assert_degrade_range_and_shape(spec: TaskSpec, size: int = DEFAULT_SIZE) -> None:
-    """``degrade`` returns float, finite values on [0, 255], ``(B,3,H/s,W/s)`` or ``(3,H/s,W/s)`` for one image,
-    in the input's dtype, and does not modify its input."""
+    """``degrade`` returns float, finite values on [0, 255] of shape ``(B, in_channels, H/s, W/s)`` in the input's
+    dtype (``in_channels`` = 3 + the task's extra inputs), and does not modify its input."""
     h, w = _sizes(spec, size)
-    s = spec.scale
+    s, c = spec.scale, spec.in_channels
     clean = sample_images(2, h, w)
     before = clean.clone()
     out = _degrade(spec, clean, 0)
@@ -188,10 +198,12 @@ def assert_degrade_range_and_shape(spec: TaskSpec, size: int = DEFAULT_SIZE) -> 
         raise _fail(spec, "degrade modified its input in place (the clean image is the training target)")
     if not isinstance(out, torch.Tensor):
         raise _fail(spec, f"degrade must return a torch.Tensor, got {type(out).__name__}")
-    expected = (2, 3, h // s, w // s)
+    expected = (2, c, h // s, w // s)
     if tuple(out.shape) != expected:
+        extra = f", {c} channels: RGB + {', '.join(e.name for e in spec.extra_inputs)}" if c > 3 else ""
         raise _fail(
-            spec, f"degrade of a {tuple(clean.shape)} batch gave {tuple(out.shape)}, expected {expected} (scale {s})"
+            spec,
+            f"degrade of a {tuple(clean.shape)} batch gave {tuple(out.shape)}, expected {expected} (scale {s}{extra})",
         )
     if not out.is_floating_point():
         raise _fail(spec, f"degrade must return floats on the 0-255 scale, got dtype {out.dtype}")
@@ -250,20 +262,28 @@ def _model(spec: TaskSpec, preset: str, seed: int = 0) -> "IPT":
         with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
             torch.manual_seed(seed)
             return IPT(make_config(preset), [spec])
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - e.g. the model's dry run of a custom head or tail (PluginError)
         raise _fail(spec, f"building the model (preset {preset!r}) failed: {type(exc).__name__}: {exc}") from exc
 
 
+def model_inputs(spec: TaskSpec, batch: int, size: int, seed: int = 1234) -> torch.Tensor:
+    """Network inputs ``(batch, in_channels, size, size)`` on 0-255: :func:`sample_images`, then one more sample
+    per extra input (its first ``channels`` channels), so a head that ignores a channel still gets varied data."""
+    x = sample_images(batch, size, size, seed)
+    extra = [sample_images(batch, size, size, seed + 1 + i)[:, : e.channels] for i, e in enumerate(spec.extra_inputs)]
+    return torch.cat([x, *extra], dim=1) if extra else x
+
+
 def assert_model_shapes(spec: TaskSpec, preset: str = "tiny") -> None:
-    """Head, body and tail give ``(B, 3, 48*scale, 48*scale)`` for ``(B, 3, 48, 48)`` input (``patch_size``)."""
+    """Head, body and tail give ``(B, 3, 48*scale, 48*scale)`` for ``(B, in_channels, 48, 48)`` input."""
     model = _model(spec, preset).eval()
     cfg = model.config
-    p, s, c = cfg.patch_size, spec.scale, cfg.n_feats
-    x = sample_images(2, p, p)
+    p, s, c, k = cfg.patch_size, spec.scale, cfg.n_feats, spec.in_channels
+    x = model_inputs(spec, 2, p)
     with torch.no_grad():
         f = model.heads[spec.name](x)
         if tuple(f.shape) != (2, c, p, p):
-            raise _fail(spec, f"the head maps (2,3,{p},{p}) to {tuple(f.shape)}, the body needs (2,{c},{p},{p})")
+            raise _fail(spec, f"the head maps (2,{k},{p},{p}) to {tuple(f.shape)}, the body needs (2,{c},{p},{p})")
         y = model.tails[spec.name](f)
         if tuple(y.shape) != (2, 3, p * s, p * s):
             raise _fail(
@@ -281,7 +301,7 @@ def assert_gradients_reach(spec: TaskSpec, preset: str = "tiny") -> None:
     to its task embedding (an unused layer or a detached path shows here)."""
     model = _model(spec, preset).train()
     p, s = model.config.patch_size, spec.scale
-    x = sample_images(2, p, p)
+    x = model_inputs(spec, 2, p)
     target = sample_images(2, p * s, p * s, seed=99)
     loss = (model(x, spec.name) - target).abs().mean()
     loss.backward()
@@ -328,8 +348,7 @@ def assert_save_load_roundtrip(spec: TaskSpec, tmp_dir: str | Path, preset: str 
     differ = [k for k in saved if k not in back or not torch.equal(saved[k], back[k])]
     if differ:
         raise _fail(spec, f"tensors changed by save/load: {', '.join(differ[:8])}")
-    p = model.config.patch_size
-    x = sample_images(2, p, p)
+    x = model_inputs(spec, 2, model.config.patch_size)
     with torch.no_grad():
         before, after = model(x, spec.name), loaded(x, spec.name)
     if not torch.equal(before, after):

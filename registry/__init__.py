@@ -1,15 +1,16 @@
-"""Plugin machinery: hookspecs, the :class:`TaskSpec` contract and the task registry."""
+"""Plugin machinery: hookspecs, the :class:`TaskSpec` contract and the task registry.
+
+``registry/`` imports nothing from ``ipt.core``: the model resolves the default head and tail of a task
+(``ipt.core.model.ipt.IPT.add_task``), so this package stays the bottom of the import graph.
+"""
 
 from ipt.registry.hookspecs import hookimpl
-from ipt.registry.spec import MetricConventions, TaskFamily, TaskSpec
+from ipt.registry.manager import get_registry
+from ipt.registry.spec import DegradeError, ExtraInput, MetricConventions, TaskFamily, TaskSpec
 
-__all__ = ["hookimpl", "MetricConventions", "TaskFamily", "TaskSpec", "get_registry", "get_task"]
-
-
-def get_registry():  # noqa: ANN201 - lazy import keeps ``import ipt.registry`` light
-    from ipt.registry.manager import get_registry as _get
-
-    return _get()
+__all__ = [
+    "hookimpl", "DegradeError", "ExtraInput", "MetricConventions", "TaskFamily", "TaskSpec", "get_registry", "get_task",
+]
 
 
 def get_task(name: str) -> TaskSpec:

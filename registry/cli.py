@@ -24,6 +24,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def run_plugins(args: argparse.Namespace) -> int:
     reg = get_registry()
+    reg.check_all()  # a dry run of every task's degrade: a wrong shape shows here, named with its plugin
     infos = list(reg.plugins.values())
     if args.json:
         print(json.dumps([i.as_dict() for i in infos], indent=2))

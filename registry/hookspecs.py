@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pluggy
 
+from ipt.registry.commands import Command
 from ipt.registry.spec import TaskFamily, TaskSpec
 
 PROJECT = "ipt"
@@ -31,4 +32,13 @@ def ipt_register_task_families() -> list[TaskFamily]:
 
     Called once, when the registry loads the plugins; a family's ``build`` is called the first time a
     matching task name (e.g. ``denoise70``) is asked for.
+    """
+
+
+@hookspec
+def ipt_register_commands() -> list[Command]:
+    """Return ``ipt`` subcommands this plugin adds (e.g. ``ipt dehaze-prepare``), as :class:`Command` objects.
+
+    Called once, when the registry loads the plugins, by any ``ipt`` command line whose command is not a
+    built-in one (and by ``ipt plugins``, which lists them). Built-in command names always win.
     """

@@ -126,3 +126,18 @@ def find_model_dir(run_dir: Path) -> Path:
     found = [p.parent for p in run_dir.rglob("config.json") if (p.parent / "model.safetensors").is_file()]
     assert found, f"no model directory (config.json + model.safetensors) under {run_dir}: {sorted(run_dir.rglob('*'))}"
     return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def builtin_registry() -> Any:
+    """A :class:`~ipt.registry.manager.TaskRegistry` of IPT's own plugins only, whatever else is installed.
+
+    Our suite must pass with third-party plugins installed beside ours (plugin authors ``pip install -e`` theirs
+    into the same environment): a test that needs the built-in task list, or a task name that no plugin provides,
+    uses this instead of the process-wide registry (``monkeypatch.setattr(manager, "_REGISTRY", builtin_registry())``).
+    """
+    from importlib.metadata import entry_points
+
+    from ipt.registry.manager import BUILTIN_DISTRIBUTION, TaskRegistry
+
+    ours = [ep for ep in entry_points(group="ipt") if ep.dist is not None and ep.dist.name == BUILTIN_DISTRIBUTION]
+    return TaskRegistry(plugins=[(ep.name, ep.load(), ep.dist.name, ep.dist.version) for ep in ours])

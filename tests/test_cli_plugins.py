@@ -17,9 +17,11 @@ def test_plugins_json_lists_builtins() -> None:
     plugins = {p["name"]: p for p in json.loads(res.stdout)}
     assert plugins["sr"]["tasks"] == ["sr2", "sr3", "sr4"]
     assert plugins["denoise"]["tasks"] == ["denoise30", "denoise50"]
+    ours = {n for n, p in plugins.items() if p["distribution"] == "ipt-framework"}
+    assert ours == {"sr", "denoise", "derain", "deblur"}  # third-party plugins may be installed beside them
     for p in plugins.values():
-        assert {"name", "distribution", "version", "tasks", "error"} <= set(p)
-        assert p["error"] is None and p["distribution"] == "ipt-framework"
+        assert {"name", "distribution", "version", "tasks", "error", "commands"} <= set(p)
+        assert p["error"] is None
 
 
 def test_plugins_table_and_tasks() -> None:

@@ -106,21 +106,34 @@ def test_minimal_plugin_registers_a_valid_task(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.slow
-def test_minimal_plugin_installs_and_passes_the_kit(tmp_path: Path) -> None:
+def test_guide_plugins_install_and_pass_the_guides_kit_tests_as_written(tmp_path: Path) -> None:
+    """Every plugin block of the guide installed as a distribution (the minimal one with its own pyproject), then
+    every kit test block of the guide run by pytest in that environment, unchanged."""
     from plugin_helpers import PluginEnv
 
-    toml, python = _minimal_plugin()
-    meta = tomllib.loads(toml)["project"]
-    ((entry, module_name),) = meta["entry-points"]["ipt"].items()
-    project = tmp_path / meta["name"]
-    project.mkdir()
-    (project / "pyproject.toml").write_text(toml)
-    (project / f"{module_name}.py").write_text(python)
+    toml, _ = _minimal_plugin()
+    projects = []
+    for module, dist, source in _plugin_blocks():
+        project = tmp_path / "src" / dist
+        project.mkdir(parents=True)
+        entry = module.removeprefix("ipt_plugin_")
+        (project / "pyproject.toml").write_text(toml if dist == tomllib.loads(toml)["project"]["name"] else (
+            f'[build-system]\nrequires = ["setuptools>=69"]\nbuild-backend = "setuptools.build_meta"\n'
+            f'[project]\nname = "{dist}"\nversion = "0.1.0"\ndependencies = ["ipt-framework"]\n'
+            f'[project.entry-points.ipt]\n{entry} = "{module}"\n[tool.setuptools]\npy-modules = ["{module}"]\n'))
+        (project / f"{module}.py").write_text(source)
+        projects.append(project)
     env = PluginEnv.create(tmp_path / "venv")
-    env.pip_install(project, workdir=tmp_path / "build")
-    code = f"from ipt.testing import check_task_plugin; check_task_plugin({entry!r}, distribution={meta['name']!r})"
-    proc = env.run(["-c", code])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    env.pip_install(*projects, workdir=tmp_path / "build")
+    tests = tmp_path / "guide_tests"
+    tests.mkdir()
+    kit_blocks = [b for b in _blocks(TEXT, "python") if KIT_CALL_RE.search(b)]
+    for i, block in enumerate(kit_blocks):
+        (tests / f"test_block{i}.py").write_text(block)
+    (tests / "conftest.py").write_text('pytest_plugins = ["ipt.testing"]\n')
+    proc = env.run(["-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)], cwd=tests, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert f"{len(kit_blocks)} passed" in proc.stdout, proc.stdout[-2000:]
 
 
 # -- commands and flags in the guide exist -----------------------------------------------------------------------
@@ -150,3 +163,119 @@ def test_documented_flags_exist(command: str, section: str) -> None:
     flags = {f for ln in lines for f in FLAG_RE.findall(ln)}
     assert flags, f"no {command} flags found in '{section}'"
     assert flags <= options, f"documented but unknown to 'ipt {command}': {sorted(flags - options)}"
+
+
+# -- every code block of the guide passes the kit ----------------------------------------------------------------
+HEADER_RE = re.compile(r"^# (ipt_plugin_\w+)\.py\n")
+KIT_CALL_RE = re.compile(r"(?:check_task_plugin|ipt_task_checker)\((.*)\)")
+
+
+def _plugin_blocks() -> list[tuple[str, str, str]]:
+    """``(module, distribution, source)`` of every Python block of the guide that holds hook implementations."""
+    out = []
+    for block in _blocks(TEXT, "python"):
+        if "@hookimpl" not in block:
+            continue
+        m = HEADER_RE.match(block)
+        if m is None:  # the minimal plugin: its module and distribution are in the toml block beside it
+            toml, python = _minimal_plugin()
+            assert block == python, "a plugin block of the guide must start with '# ipt_plugin_NAME.py'"
+            meta = tomllib.loads(toml)["project"]
+            ((_, module),) = meta["entry-points"]["ipt"].items()
+            out.append((module, meta["name"], block))
+        else:
+            module = m.group(1)
+            out.append((module, module.replace("_", "-"), block))
+    return out
+
+
+def _kit_calls() -> list[tuple[str, dict]]:
+    """``(task, keyword arguments)`` of every kit call in the guide's Python blocks."""
+    calls = []
+    for block in _blocks(TEXT, "python"):
+        for args in KIT_CALL_RE.findall(block):
+            if args.startswith('"'):
+                calls.append(eval(f"(lambda task, **kw: (task, kw))({args})"))  # noqa: S307 - the guide's own text
+    return calls
+
+
+def _load_block(module: str, source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    return importlib.import_module(module)
+
+
+def test_guide_has_the_plugin_blocks_it_promises() -> None:
+    modules = {m for m, _, _ in _plugin_blocks()}
+    assert {"ipt_plugin_lowlight", "ipt_plugin_jpeg", "ipt_plugin_inpaint", "ipt_plugin_hazeprep"} <= modules
+    tasks = {t for t, _ in _kit_calls()}
+    assert {"lowlight", "jpeg10"} <= tasks
+
+
+def test_every_kit_call_of_the_guide_names_a_plugin_of_the_guide() -> None:
+    dists = {d for _, d, _ in _plugin_blocks()}
+    for task, kw in _kit_calls():
+        assert kw.get("distribution") in dists, f"the guide tests {task!r} from {kw.get('distribution')!r}: no such block"
+
+
+@pytest.mark.parametrize("module", [m for m, _, _ in _plugin_blocks()])
+def test_every_plugin_block_of_the_guide_passes_the_kit(
+    module: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipt.registry import manager
+
+    ((dist, source),) = [(d, s) for m, d, s in _plugin_blocks() if m == module]
+    plugin = _load_block(module, source, tmp_path / "src", monkeypatch)
+    registry = TaskRegistry(plugins=[(module.removeprefix("ipt_plugin_"), plugin, dist, "0.1.0")])
+    assert registry.errors() == {}
+    monkeypatch.setattr(manager, "_REGISTRY", registry)  # what IPT.from_pretrained resolves tasks with
+    names = registry.names() + [e for f in registry.families for e in f.examples]
+    if not names:
+        assert registry.commands, f"{module} registers neither tasks nor commands"
+    declared = {task: kw for task, kw in _kit_calls()}
+    for fam in registry.families:  # what the guide's kit call says of one task of a family holds for the family
+        for task, kw in list(declared.items()):
+            if fam.match(task) is not None:
+                declared.update({e: kw for e in fam.examples})
+    for name in names:
+        spec = registry.get(name)
+        assert (spec.distribution, spec.version) == (dist, "0.1.0")
+        kit.assert_spec_valid(spec)
+        kit.assert_degrade_range_and_shape(spec)
+        kit.assert_degrade_seeded(spec, deterministic=declared.get(name, {}).get("deterministic"))
+        kit.assert_model_shapes(spec)
+        kit.assert_gradients_reach(spec)
+        kit.assert_save_load_roundtrip(spec, tmp_path)
+
+
+def test_the_guides_command_plugin_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # noqa: ANN001
+    from ipt.cli import main
+    from ipt.registry import manager
+
+    ((module, dist, source),) = [b for b in _plugin_blocks() if b[0] == "ipt_plugin_hazeprep"]
+    plugin = _load_block(module, source, tmp_path / "src", monkeypatch)
+    monkeypatch.setattr(manager, "_REGISTRY", TaskRegistry(plugins=[("hazeprep", plugin, dist, "0.1.0")]))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a.png", "b.jpg", "notes.txt"):
+        (photos / name).write_bytes(b"")
+    assert main(["hazeprep-check", str(photos)]) == 0
+    assert capsys.readouterr().out.strip() == f"2 photos ready for --data {photos}"
+    with pytest.raises(SystemExit):  # --help exits through argparse, listing the plugin's command
+        main(["--help"])
+    assert "hazeprep-check" in capsys.readouterr().out
+
+
+def test_family_example_rejects_out_of_range_quality(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipt.registry.manager import PluginError
+
+    ((module, dist, source),) = [b for b in _plugin_blocks() if b[0] == "ipt_plugin_jpeg"]
+    plugin = _load_block(module, source, tmp_path, monkeypatch)
+    registry = TaskRegistry(plugins=[("jpeg", plugin, dist, "0.1.0")])
+    with pytest.raises(PluginError, match=r"jpeg99.*ipt-plugin-jpeg.*quality must be 1\.\.95, got 99"):
+        registry.get("jpeg99")
+    # a fixed quality has no randomness: without deterministic=True the kit says what to do
+    with pytest.raises(AssertionError, match="pass deterministic=True"):
+        kit.assert_degrade_seeded(registry.get("jpeg40"))

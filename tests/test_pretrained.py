@@ -54,7 +54,12 @@ def test_mismatched_weights_are_listed(saved: tuple[IPT, Path]) -> None:
     assert "body.linear_encoding.bias: expected (144,), found (3,)" in msg
 
 
-def test_missing_plugin_names_distribution(saved: tuple[IPT, Path]) -> None:
+def test_missing_plugin_names_distribution(saved: tuple[IPT, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from plugin_helpers import builtin_registry
+
+    from ipt.registry import manager
+
+    monkeypatch.setattr(manager, "_REGISTRY", builtin_registry())  # dehaze may be installed beside us
     _, path = saved
     cfg = json.loads((path / "config.json").read_text())
     cfg["tasks"].append({"name": "dehaze", "scale": 1, "plugin": "dehaze", "distribution": "ipt-plugin-dehaze",

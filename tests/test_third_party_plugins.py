@@ -184,20 +184,39 @@ def test_uninstalling_the_plugin_names_it_when_loading(tmp_path: Path) -> None:
     assert (entry["name"], entry["distribution"], entry["version"]) == ("dehaze", DIST, VERSION)
 
     env.pip_uninstall(DIST)
-    proc = env.run(["-c", load])
-    assert proc.returncode != 0
-    assert "MissingPluginError" in proc.stderr and f"pip install {DIST}" in proc.stderr, proc.stderr[-2000:]
-    # The same in this process (which never had the plugin).
-    with pytest.raises(MissingPluginError, match=f"'dehaze' needs the plugin distribution '{DIST}'"):
-        IPT.from_pretrained(model_dir)
+    try:
+        metadata.distribution(DIST)  # also installed in the test environment, which the layer sees: still there
+    except metadata.PackageNotFoundError:
+        proc = env.run(["-c", load])
+        assert proc.returncode != 0
+        assert "MissingPluginError" in proc.stderr and f"pip install {DIST}" in proc.stderr, proc.stderr[-2000:]
+    # The same in this process, with a registry of the built-in plugins only (the plugin may be installed here).
+    from plugin_helpers import builtin_registry
+
+    from ipt.registry import manager
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(manager, "_REGISTRY", builtin_registry())
+        with pytest.raises(MissingPluginError, match=f"'dehaze' needs the plugin distribution '{DIST}'"):
+            IPT.from_pretrained(model_dir)
 
 
-def test_test_environment_never_gets_the_plugin() -> None:
+def test_plugin_environments_do_not_leak_into_the_test_environment(
+    dehaze_env: PluginEnv, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """What a PluginEnv installs stays there; the test environment may have its own copy (pip install -e of the
+    example beside ours, as plugin authors do), which must then come from outside the throw-away environments."""
     from ipt.registry.manager import TaskRegistry
 
-    with pytest.raises(metadata.PackageNotFoundError):
-        metadata.distribution(DIST)
-    assert "dehaze" not in TaskRegistry().names()
+    base = tmp_path_factory.getbasetemp().resolve()
+    assert (dehaze_env.site_packages.resolve()).is_relative_to(base)
+    try:
+        here = metadata.distribution(DIST)
+    except metadata.PackageNotFoundError:
+        assert "dehaze" not in TaskRegistry().names()
+        return
+    assert not Path(str(here.locate_file(""))).resolve().is_relative_to(base), "a PluginEnv install leaked here"
+    assert TaskRegistry().get("dehaze").distribution == DIST
 
 
 # -- training, fine-tuning, evaluation, restoration (tools of other issues) ------------------------------------

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ from typing import Any
 import torch
 from ipt.core.files import atomic_write_dir
 from ipt.core.model.config import ModelConfig
+from ipt.registry.manager import BUILTIN_DISTRIBUTION, UnknownTaskError, get_registry
 from ipt.registry.spec import TASK_NAME_RE
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from safetensors import safe_open
@@ -60,6 +64,53 @@ class CheckpointError(RuntimeError):
 
 class MissingPluginError(CheckpointError):
     """A saved model needs a task whose plugin is not installed."""
+
+
+class PluginMismatchError(CheckpointError):
+    """A saved task is provided by another distribution, or another version, than the one it was saved with
+    (raised instead of :class:`PluginMismatchWarning` when ``IPT_STRICT_PLUGINS=1``)."""
+
+
+class PluginMismatchWarning(UserWarning):
+    """A saved task is provided by another distribution, or another version, than the one it was saved with."""
+
+
+STRICT_PLUGINS_ENV = "IPT_STRICT_PLUGINS"
+
+
+def _canonical(dist: str | None) -> str:
+    return re.sub(r"[-_.]+", "-", dist or "").lower()
+
+
+def check_provenance(cfg: SavedModelConfig, specs: Sequence[Any], source: str, strict: bool | None = None) -> None:
+    """Compare each task's saved plugin distribution and version with the installed provider's.
+
+    Another distribution, or another version of the same one, warns (:class:`PluginMismatchWarning`, naming both)
+    or, with ``strict`` (default: the environment variable ``IPT_STRICT_PLUGINS=1``), raises
+    :class:`PluginMismatchError`. Entries saved without a distribution (older files) are not compared, nor the
+    versions of the built-in tasks (``ipt-framework``: they change with every release of IPT itself).
+    """
+    if strict is None:
+        strict = os.environ.get(STRICT_PLUGINS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    entries = {t.name: t for t in cfg.tasks}
+    for spec in specs:
+        entry = entries.get(spec.name)
+        if entry is None or not entry.distribution:
+            continue
+        saved = f"{entry.distribution} {entry.version or '?'}"
+        builtin = _canonical(spec.distribution) == _canonical(BUILTIN_DISTRIBUTION)  # versioned with ipt itself
+        installed = f"{spec.distribution or '?'} {spec.version or '?'}"
+        if _canonical(entry.distribution) != _canonical(spec.distribution):
+            msg = (f"{source}: task {spec.name!r} was saved with {saved}, but {installed} (plugin {spec.plugin!r}) "
+                   f"provides it now: its degradation, head or tail may differ")
+        elif entry.version and spec.version and entry.version != spec.version and not builtin:
+            msg = (f"{source}: task {spec.name!r} was saved with {saved}; version {spec.version} is installed "
+                   f"(pip install '{entry.distribution}=={entry.version}' to match)")
+        else:
+            continue
+        if strict:
+            raise PluginMismatchError(f"{msg} ({STRICT_PLUGINS_ENV} is set)")
+        warnings.warn(msg, PluginMismatchWarning, stacklevel=3)
 
 
 def _ipt_version() -> str | None:
@@ -153,8 +204,6 @@ def _check_format(raw: dict[str, Any], path: Path) -> None:
 
 def resolve_tasks(cfg: SavedModelConfig, names: Sequence[str], source: str) -> list[Any]:
     """The TaskSpecs of a saved model's tasks; a missing plugin is named with its distribution."""
-    from ipt.registry.manager import UnknownTaskError, get_registry
-
     registry = get_registry()
     entries = {t.name: t for t in cfg.tasks}
     specs = []
@@ -262,6 +311,7 @@ def load_pretrained(
     # Only the kept tasks need their plugins: loading sr2 from a multi-task model works without the others.
     kept = list(tasks) if tasks is not None else saved
     specs = resolve_tasks(cfg, kept, str(directory))
+    check_provenance(cfg, specs, str(directory))
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{weights}: missing")

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
 from ipt.core.files import check_not_inputs
+from ipt.core.images.extra import is_extra_input_file, with_extra_inputs
 from ipt.core.images.channels import fill_transparent, grey_plane
 from ipt.core.images.io import (
     IMAGE_EXTENSIONS,
@@ -43,6 +44,7 @@ from ipt.core.images.io import (
     to_uint8,
     write_image,
 )
+from ipt.registry import get_task
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipt.core.inference.restorer import TaskRestorer
@@ -162,11 +164,15 @@ def _check_outputs(args: argparse.Namespace, paths: list[Path], outputs: list[tu
     check_not_inputs([*paths, *([reference] if reference else [])], "-o", writes=files, hint=hint)
 
 
-def _restore_image(restorer: TaskRestorer, loaded: LoadedImage, progress: Callable[[int, int], None]) -> Tensor:
+def _restore_image(
+    restorer: TaskRestorer, loaded: LoadedImage, progress: Callable[[int, int], None], path: Path | None = None
+) -> Tensor:
     """The network's output for one image, brought back to the input's kind: ``(3, H', W')``, or ``(1, H', W')``
     for one-channel grey files. Hidden colour under alpha = 0 is replaced first (no halo); grey inputs come back
     with R = G = B; a non-finite output (damaged weights) raises ``ValueError`` instead of writing a black image."""
-    restored = restorer(fill_transparent(loaded.rgb, loaded.alpha), progress=progress)
+    rgb = fill_transparent(loaded.rgb, loaded.alpha)
+    extras = restorer.model.spec(restorer.task).extra_inputs if restorer.model is not None else ()
+    restored = restorer(with_extra_inputs(path, rgb, extras) if path is not None else rgb, progress=progress)
     if not bool(torch.isfinite(restored).all()):
         bad = int((~torch.isfinite(restored)).sum())
         raise ValueError(f"the model output has {bad} non-finite values (NaN/inf): are its weights damaged?")
@@ -215,7 +221,7 @@ def _restore_one(run: _Run, path: Path, out: Path, compare: Path | None) -> None
     """Read, restore and write one input (and its comparison panel); raises on any failure of this image."""
     loaded = read_image(path)
     run.bars.tiles.reset()
-    restored = _restore_image(run.restorer, loaded, run.bars.tile)
+    restored = _restore_image(run.restorer, loaded, run.bars.tile, path)
     depth = 16 if run.args.keep_depth and loaded.bit_depth == 16 else 8
     write_image(out, restored, loaded.alpha, bit_depth=depth)
     if compare is not None:
@@ -247,7 +253,9 @@ def restore_files(args: argparse.Namespace) -> int:
     )
 
     options = parse_config(InferenceOptions, args)
-    paths = list(iter_images(args.inputs))
+    extras = get_task(args.task).extra_inputs  # e.g. photo_mask.png beside photo.png: read with it, not restored
+    found = list(iter_images(args.inputs))
+    paths = [p for p in found if not is_extra_input_file(p, extras, found)]
     out_dir = Path(args.output)
     reference = _check_reference(args)
     outputs = _output_names(paths, out_dir, args.suffix, args.compare)

@@ -36,6 +36,7 @@ from torch import Tensor
 from ipt.core.evaluation.metrics import DEFAULT_CONVENTION, Convention, psnr, scored_channel, ssim
 from ipt.core.files import check_not_inputs
 from ipt.core.images.resize import MATLAB_BICUBIC, bicubic_degrade, imresize, matlab_uint8
+from ipt.core.images.extra import with_extra_inputs
 from ipt.core.inference.restorer import InferenceOptions
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -170,10 +171,10 @@ def load_pairs(
         elif p.degraded is None:
             g = torch.Generator().manual_seed(pair_seed(seed, p.name))
             degraded = spec.degrade(clean, g).float()
-            if loaded.grey:
-                degraded = degraded[:1].expand(3, -1, -1).contiguous()
-        else:
-            degraded = read_image(p.degraded).rgb
+            if loaded.grey:  # the RGB channels; a task's extra inputs (mask...) follow unchanged
+                degraded = torch.cat([degraded[:1].expand(3, -1, -1), degraded[3:]]).contiguous()
+        else:  # a task's extra inputs sit beside the stored input: input/photo_mask.png or mask/photo.png
+            degraded = with_extra_inputs(Path(p.degraded), read_image(p.degraded).rgb, spec.extra_inputs)
             h, w = degraded.shape[-2:]
             clean = clean[:, : h * spec.scale, : w * spec.scale]
         yield Sample(p.name, degraded, clean, loaded.grey, loaded.channels)
@@ -215,7 +216,7 @@ def _score(restored: Tensor, clean: Tensor, spec: "TaskSpec", sample: Sample, co
 def _baseline_score(sample: Sample, spec: "TaskSpec", convention: Convention) -> ImageScore:
     """Scores of the baseline; under ``matlab`` a MATLAB-bicubic SR task's Y scores follow :func:`table_bicubic_y`
     (its RGB PSNR is that of the per-pass upscale of the input, the tables having no RGB column)."""
-    up = baseline_image(sample.degraded, spec.scale, convention)
+    up = baseline_image(sample.degraded[:3], spec.scale, convention)
     base = _score(up, sample.clean, spec, sample, convention)
     if convention != "matlab" or not _matlab_bicubic(spec):
         return base

@@ -113,10 +113,16 @@ class TaskRestorer:
             self.scale = model.scale(task)
             self.tile = model.config.patch_size
             self._net: Callable[[Tensor], Tensor] = lambda tiles: model(tiles, task)
+            self.extra_channels = model.spec(task).in_channels - 3
+            if self.extra_channels:  # the stitchers keep the input's channel count: pad, then drop after stitching
+                self._net = lambda tiles: torch.cat(
+                    [model(tiles, task), tiles.new_zeros(tiles.shape[0], self.extra_channels,
+                                                         *(n * self.scale for n in tiles.shape[-2:]))], dim=1)
         else:
             if scale is None:
                 raise ValueError("TaskRestorer with a tile function needs scale=")
             self.model, self.scale, self.tile, self._net = None, scale, tile or 48, model
+            self.extra_channels = 0
         self.tiles = 0
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -130,7 +136,8 @@ class TaskRestorer:
             return self._net(tiles).float()
 
     def __call__(self, image: Tensor, progress: ProgressFn | None = None) -> Tensor:
-        """``image`` ``(3, H, W)`` or ``(B, 3, H, W)`` on 0-255 -> restored, clamped to [0, 255], float32 on the CPU."""
+        """``image`` ``(C, H, W)`` or ``(B, C, H, W)`` on 0-255 -> restored ``(3, H*s, W*s)`` (or batched), clamped
+        to [0, 255], float32 on the CPU. ``C`` is the task's ``in_channels``: 3, or RGB then its extra inputs."""
         from ipt.core.inference.tiling import TiledRestorer, official_forward_chop
 
         o = self.options
@@ -146,4 +153,6 @@ class TaskRestorer:
                     self._fn, self.scale, tile=self.tile, overlap=o.overlap, blend=o.blend,
                     tile_batch=o.tile_batch, self_ensemble=o.self_ensemble, progress=progress,
                 )(x)
+        if self.extra_channels:
+            y = y[..., :3, :, :]
         return y.clamp(0, 255).float().cpu()

@@ -21,8 +21,11 @@ from timm.layers import Mlp
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ipt.core.model.config import ModelConfig
+from ipt.core.model.blocks import build_head, build_tail
+from ipt.core.model.config import ModelConfig, preset
 from ipt.core.model.fused_linear import PackedWeights, linear
+from ipt.registry import get_task
+from ipt.registry.manager import PluginError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
@@ -228,7 +231,7 @@ class IPT(nn.Module):
         return self.spec(task).scale
 
     def add_task(self, task: "TaskSpec | str", embed_init: str | None = None) -> "TaskSpec":
-        """Give the model a new task: fresh head and tail from the task's plugin and a new task embedding.
+        """Give the model a new task: fresh head and tail (:func:`task_parts`) and a new task embedding.
 
         ``embed_init`` copies the task embedding of an existing task (e.g. ``denoise30`` for ``denoise70``).
         """
@@ -237,7 +240,7 @@ class IPT(nn.Module):
             raise ValueError(f"the model already has task {spec.name!r}")
         ref = next(self.parameters(), None)
         device, dtype = (ref.device, ref.dtype) if ref is not None else (None, None)
-        head, tail = spec.head(self.config), spec.tail(self.config)
+        head, tail = task_parts(spec, self.config)
         self.heads[spec.name] = head.to(device=device, dtype=dtype)
         self.tails[spec.name] = tail.to(device=device, dtype=dtype)
         embed = torch.empty(self.config.num_tokens, self.config.embed_dim, device=device, dtype=dtype)
@@ -266,20 +269,23 @@ class IPT(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, task: str, return_tokens: bool = False):  # noqa: ANN201
-        """Restore a batch of ``patch_size`` x ``patch_size`` patches (B,3,S,S) for ``task``.
+        """Restore a batch of ``patch_size`` x ``patch_size`` patches (B,C,S,S) for ``task`` (C = the task's
+        ``in_channels``: 3, or RGB then its extra inputs).
 
         Returns the restored batch (B,3,S*scale,S*scale); with ``return_tokens`` also the decoded tokens (B,N,D).
         Images of other sizes go through :class:`ipt.core.tiling.TiledRestorer`.
         """
         self._check_task(task)
-        s = self.config.patch_size
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[-2:] != (s, s):
+        s, c = self.config.patch_size, self.task_specs[task].in_channels
+        if x.dim() != 4 or x.shape[1] != c or x.shape[-2:] != (s, s):
             raise ValueError(
-                f"IPT's body takes (B,3,{s},{s}) patches, got {tuple(x.shape)}; "
+                f"IPT's body takes (B,{c},{s},{s}) patches for task {task!r}, got {tuple(x.shape)}; "
                 "restore whole images with ipt.core.tiling.TiledRestorer"
             )
         mean = self.rgb_mean.to(x.dtype)
-        f = self.heads[task](x - mean)
+        # Only the RGB channels are centred; a task's extra input channels (mask, guide) reach the head as given.
+        centred = x - mean if c == 3 else torch.cat([x[:, :3] - mean, x[:, 3:]], dim=1)
+        f = self.heads[task](centred)
         tokens = self.body.tokens(f, self.task_embed[task])
         y = self.tails[task](self.body.fold(tokens) + f) + mean
         return (y, tokens) if return_tokens else y
@@ -306,18 +312,55 @@ class IPT(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
-def _resolve(task: "TaskSpec | str") -> "TaskSpec":
-    if isinstance(task, str):
-        from ipt.registry import get_task
+def task_parts(spec: "TaskSpec", cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    """The head and tail of a task: the plugin's (``spec.build_head``/``build_tail``), or IPT's (official layout,
+    :func:`~ipt.core.model.blocks.build_head` for ``spec.in_channels`` and ``build_tail`` for ``spec.scale``).
 
-        return get_task(task)
-    return task
+    A plugin's part is checked by a dry run on one zero patch, so that a head of the wrong width or a tail whose
+    upscaling disagrees with the task's ``scale`` fails here with :class:`~ipt.registry.manager.PluginError`
+    naming the plugin and distribution, not at the first training step. IPT's own parts are right by
+    construction and are not run.
+    """
+    head, tail = spec.head(cfg), spec.tail(cfg)
+    custom_head, custom_tail = head is not None, tail is not None
+    head = build_head(cfg, spec.in_channels) if head is None else head
+    tail = build_tail(cfg, spec.scale) if tail is None else tail
+    if custom_head or custom_tail:
+        _dry_run(spec, cfg, head, tail)
+    return head, tail
+
+
+def _dry_run(spec: "TaskSpec", cfg: ModelConfig, head: nn.Module, tail: nn.Module) -> None:
+    p, c, s = cfg.patch_size, cfg.n_feats, spec.scale
+    ref = next(head.parameters(), None)
+    x = torch.zeros(1, spec.in_channels, p, p, device=ref.device if ref is not None else None)
+    where = f"task {spec.name!r} of {spec.origin}"
+    modes = (head.training, tail.training)
+    head.eval(), tail.eval()
+    try:
+        with torch.no_grad():
+            try:
+                f = head(x)
+            except Exception as exc:  # noqa: BLE001 - the plugin's module, reported with its origin
+                raise PluginError(f"{where}: the head fails on a (1,{spec.in_channels},{p},{p}) patch: {exc}") from exc
+            if tuple(f.shape) != (1, c, p, p):
+                raise PluginError(f"{where}: the head maps (1,{spec.in_channels},{p},{p}) to {tuple(f.shape)}; "
+                                  f"the body needs (1,{c},{p},{p})")
+            try:
+                y = tail(torch.zeros_like(f))
+            except Exception as exc:  # noqa: BLE001
+                raise PluginError(f"{where}: the tail fails on a (1,{c},{p},{p}) input: {exc}") from exc
+            if tuple(y.shape) != (1, 3, p * s, p * s):
+                raise PluginError(f"{where}: the tail maps (1,{c},{p},{p}) to {tuple(y.shape)}, expected "
+                                  f"(1,3,{p * s},{p * s}): its upscaling disagrees with the task's scale {s}")
+    finally:
+        head.train(modes[0]), tail.train(modes[1])
+
+
+def _resolve(task: "TaskSpec | str") -> "TaskSpec":
+    return get_task(task) if isinstance(task, str) else task
 
 
 def build_model(config: ModelConfig | str, tasks: Iterable["TaskSpec | str"]) -> IPT:
     """An :class:`IPT` for a config (or preset name) and tasks (names or specs)."""
-    if isinstance(config, str):
-        from ipt.core.model.config import preset
-
-        config = preset(config)
-    return IPT(config, tasks)
+    return IPT(preset(config) if isinstance(config, str) else config, tasks)
