@@ -76,7 +76,7 @@ def init_model(cfg: TrainConfig) -> tuple[IPT, list[str]]:
     if cfg.init_from is None:
         model = IPT(cfg.architecture(), cfg.tasks)
     else:
-        saved = read_config(cfg.init_from)
+        saved = read_config(cfg.init_dir)
         if {"preset", "model"} & cfg.model_fields_set and cfg.architecture() != saved.architecture:
             raise ValueError(
                 f"--init-from {cfg.init_from}: its architecture differs from --preset {cfg.preset} "
@@ -84,7 +84,7 @@ def init_model(cfg: TrainConfig) -> tuple[IPT, list[str]]:
             )
         had = [t.name for t in saved.tasks]
         kept = [t for t in cfg.tasks if t in had]
-        model = IPT.from_pretrained(cfg.init_from, tasks=kept)  # dropped tasks need no plugin
+        model = IPT.from_pretrained(cfg.init_dir, tasks=kept)  # dropped tasks need no plugin
         for t in cfg.tasks:
             if t not in had:
                 model.add_task(t)
