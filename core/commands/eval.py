@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", action="store_true",
                         help="also score bicubic upscaling (SR) or the degraded input (other tasks)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--save-dir", metavar="DIR", default=None, help="write the restored images here")
+    parser.add_argument("--save-dir", metavar="DIR", default=None,
+                        help="write the restored images here, and _worst_best_grid.png (crops of the worst and "
+                        "best images with their PSNR-Y)")
     parser.add_argument("--seed", type=int, default=0, help="seed of on-the-fly degradations (default: 0)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N images")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ipt.core.files import check_not_inputs
 from ipt.core.inference.restorer import InferenceOptions
+from ipt.core.evaluation.worst_best import GRID_NAME, WorstBest
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipt.core.model.ipt import IPT
@@ -183,7 +184,8 @@ def evaluate_pairs(
 
     ``model_or_fn`` is an :class:`~ipt.core.model.IPT` (run with the tiling ``options``) or a whole-image function
     ``degraded (3, h, w) -> restored (3, h*s, w*s)`` (run as is; ``tiles`` stays 0). ``task`` gives the scale and
-    the metric conventions. ``save_dir`` receives ``<name>.png`` per restored image. ``on_image`` is called after
+    the metric conventions. ``save_dir`` receives ``<name>.png`` per restored image and ``_worst_best_grid.png``, crops
+    of the worst and best images by PSNR-Y (:mod:`ipt.core.evaluation.worst_best`). ``on_image`` is called after
     each image with its scores (and its baseline scores).
     """
     from tqdm import tqdm
@@ -200,6 +202,7 @@ def evaluate_pairs(
     save = Path(save_dir) if save_dir is not None else None
     per_image: dict[str, ImageScore] = {}
     base_scores: dict[str, ImageScore] = {}
+    worst_best = WorstBest()
     t0 = time.perf_counter()
     bar = tqdm(pairs, total=total, desc=f"eval {spec.name}", unit="img", disable=not progress or None, file=sys.stderr)
     for name, degraded, clean, *rest in bar:
@@ -224,11 +227,14 @@ def evaluate_pairs(
             raise ValueError(f"{name}: cannot be scored: {exc}") from exc
         if save is not None:
             write_image(save / f"{name}.png", restored[:1] if grey else restored)
+            worst_best.add(name, per_image[name].psnr_y, degraded, restored, clean)
         if on_image is not None:
             on_image(name, per_image[name], base_scores.get(name))
     bar.close()
     if not per_image:
         raise ValueError(f"no images to evaluate for {spec.name}")
+    if save is not None:
+        worst_best.save(save / GRID_NAME, spec.name)
     summary = ScoreSummary.of(per_image)
     base = None
     if baseline:
