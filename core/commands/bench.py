@@ -44,7 +44,7 @@ from ipt.core.files import atomic_write_text
 from ipt.core.images.photos import sized_photo
 from ipt.core.inference.tiling import BORDER
 
-SECTIONS = ("ceiling", "forward", "train", "restore", "memory")
+SECTIONS = ("ceiling", "forward", "train", "restore", "memory", "onnx")  # onnx: only when asked
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 REFERENCE = "reference"
 OURS = "ipt"
@@ -598,7 +598,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (default: 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per variant (default: 1)")
     parser.add_argument("--what", action="append", default=None,
-                        help=f"sections to run, comma-separated: {','.join(SECTIONS)} (default: all)")
+                        help=f"sections to run, comma-separated: {','.join(SECTIONS)} (default: all but onnx)")
     parser.add_argument("--compare-reference", action="store_true",
                         help="also time spandrel's copy of the official IPT on the same weights (needs spandrel)")
     parser.add_argument("--full-reference-restore", action="store_true",
@@ -621,7 +621,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args.dtype = _split_list(args.dtype, list(DTYPES), "--dtype") or ["fp32", "bf16"]
-    sections = _split_list(args.what, SECTIONS, "--what") or list(SECTIONS)
+    sections = _split_list(args.what, SECTIONS, "--what") or [s for s in SECTIONS if s != "onnx"]
     for opt in ("batch", "repeats", "tile_batch"):
         if getattr(args, opt) < 1:
             raise ValueError(f"--{opt.replace('_', '-')} must be >= 1")
@@ -668,6 +668,11 @@ def run(args: argparse.Namespace) -> int:
     if "memory" in sections:
         report["memory"] = bench_memory(ctx)
         log(format_memory(report["memory"]))
+    if "onnx" in sections:
+        from ipt.core.commands.bench_onnx import bench_onnx, format_onnx
+
+        report["onnx"] = bench_onnx(ctx)
+        log(format_onnx(report["onnx"]))
     if args.json:
         text = json.dumps(report, indent=2)
         if args.json == "-":
