@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--task", required=True, help="task to score, e.g. sr2, denoise30, derain")
     parser.add_argument("--model", metavar="MODEL_DIR", default=None,
-                        help="model directory (config.json + model.safetensors); default: the bundled model")
+                        help="model directory (config.json + model.safetensors) or Hub repo id user/name[@revision]; "
+                        "default: the bundled model")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="benchmark folder (HR/ + LR_bicubic/X{s}/, rainy/ + norain/, rain-*/norain-*, "
                              "or clean images degraded on the fly)")
