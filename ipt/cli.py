@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "transfer": ("ipt.core.commands.transfer", "transfer experiment to unseen noise levels (paper Table 4)"),
     "convert": ("ipt.core.commands.convert", "convert an official Pretrained-IPT .pt checkpoint to a model directory"),
     "bench": ("ipt.core.commands.bench", "measure throughput and memory against the official reference"),
+    "export": ("ipt.core.commands.export", "export one task for spandrel/chaiNNer/ComfyUI (official layout) or ONNX"),
+    "push": ("ipt.core.commands.push", "upload a model directory to the Hugging Face Hub with a model card"),
+    "plot": ("ipt.core.commands.plot", "plot loss and validation PSNR per task of a training run (PNG)"),
 }
 
 

@@ -11,7 +11,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from ipt.cli import main
-from ipt.core.commands.bench import flops_per_patch, median_ratio, to_official_state_dict
+from ipt.core.checkpoints.official import to_official_state_dict
+from ipt.core.commands.bench import flops_per_patch, median_ratio
 from ipt.core.model.config import preset
 from ipt.core.model.fused_linear import onednn_paths
 from ipt.core.model import IPT

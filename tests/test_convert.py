@@ -393,3 +393,63 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path: Path) -> None:
     text.write_text("not weights")
     with pytest.raises(ConversionError, match="notes.txt: not a PyTorch checkpoint"):
         read_official_checkpoint(text)
+
+
+# -- which state dict of a wrapped checkpoint (case 20: BasicSR params/params_ema) -----------------------------
+
+
+def _shifted(state: dict, delta: float) -> dict:
+    return {k: (v if "mean" in k or "position_ids" in k else v + delta) for k, v in state.items()}
+
+
+@pytest.mark.parametrize(
+    ("wrapped", "expect_key", "expect_delta", "others"),
+    [
+        (lambda live, ema: {"params": live, "params_ema": ema}, "params_ema", 0.05, ["params"]),  # BasicSR
+        (lambda live, ema: {"params_ema": ema, "params": live}, "params_ema", 0.05, ["params"]),  # order-free
+        (lambda live, ema: {"state_dict": live, "state_dict_ema": ema, "epoch": 3}, "state_dict_ema", 0.05,
+         ["state_dict"]),  # timm
+        (lambda live, ema: {"model": live, "model_ema": ema, "optimizer": {"lr": torch.tensor(1.0)}}, "model_ema",
+         0.05, ["model"]),
+        (lambda live, ema: {"net": {"model": live}}, "net/model", 0.0, []),  # nested, one candidate
+        (lambda live, ema: live, None, 0.0, []),  # a bare state dict
+    ],
+)
+def test_ema_weights_are_preferred_and_the_key_is_reported(small_state: dict, wrapped, expect_key: str | None,
+                                                           expect_delta: float, others: list[str]) -> None:
+    from ipt.core.checkpoints.official import find_state_dict
+
+    found = find_state_dict(wrapped(small_state, _shifted(small_state, 0.05)), "ckpt")
+    assert found.key == expect_key and list(found.others) == others
+    key = "head.0.0.weight"
+    assert torch.allclose(found.state[key], small_state[key] + expect_delta, atol=0, rtol=0)
+
+
+def test_key_chooses_and_unknown_key_lists_candidates(small_state: dict) -> None:
+    from ipt.core.checkpoints.official import find_state_dict
+
+    obj = {"params": small_state, "params_ema": _shifted(small_state, 0.05), "meta": {"iter": torch.tensor(3)}}
+    assert torch.equal(find_state_dict(obj, "ckpt", key="params").state["head.0.0.weight"],
+                       small_state["head.0.0.weight"])
+    with pytest.raises(ConversionError, match=r"--key 'ema'.*candidates: 'params_ema', 'params'"):
+        find_state_dict(obj, "ckpt", key="ema")
+    two = {"generator_a": small_state, "generator_b": small_state}  # no known wrapper name: never guess
+    with pytest.raises(ConversionError, match=r"several state dicts \('generator_a', 'generator_b'\).*--key"):
+        find_state_dict(two, "ckpt")
+    assert find_state_dict(two, "ckpt", key="generator_b").key == "generator_b"
+
+
+def test_cli_convert_takes_ema_says_so_and_records_it(small_state: dict, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "basicsr_style.pth"
+    torch.save({"params": small_state, "params_ema": _shifted(small_state, 0.05)}, path)
+    assert main(["convert", str(path), str(tmp_path / "ema"), "--tasks", "sr2,denoise30"]) == 0
+    assert "weights: 'params_ema' (also in the file: 'params'; choose with --key)" in capsys.readouterr().out
+    source = json.loads((tmp_path / "ema" / "config.json").read_text())["source"]
+    assert source["key"] == "params_ema" and source["other_keys"] == ["params"]
+    assert main(["convert", str(path), str(tmp_path / "live"), "--tasks", "sr2,denoise30", "--key", "params"]) == 0
+    ema, live = (IPT.from_pretrained(tmp_path / d).state_dict() for d in ("ema", "live"))
+    assert torch.allclose(ema["heads.sr2.0.weight"], live["heads.sr2.0.weight"] + 0.05, atol=1e-6, rtol=0)
+    assert json.loads((tmp_path / "live" / "config.json").read_text())["source"]["key"] == "params"
+    assert main(["convert", str(path), "--inspect", "--key", "nope"]) == 2
+    assert "--key 'nope'" in capsys.readouterr().err

@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ipt.core.commands.bench import build_reference, to_official_state_dict
+from ipt.core.checkpoints.official import build_reference, to_official_state_dict
 from ipt.core.model.config import preset
 from ipt.core.model import fused_linear
 from ipt.core.model.fused_linear import onednn_paths

@@ -39,12 +39,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ipt.core.model.config import PRESETS, ModelConfig, preset
-from ipt.core.checkpoints.official import official_name
+from ipt.core.checkpoints.official import build_reference
 from ipt.core.files import atomic_write_text
 from ipt.core.images.photos import sized_photo
 from ipt.core.inference.tiling import BORDER
 
-SECTIONS = ("ceiling", "forward", "train", "restore", "memory")
+SECTIONS = ("ceiling", "forward", "train", "restore", "memory", "onnx")  # onnx: only when asked
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 REFERENCE = "reference"
 OURS = "ipt"
@@ -91,85 +91,6 @@ def flops_per_patch(cfg: ModelConfig, scale: int = 1) -> int:
 def train_flops_per_patch(cfg: ModelConfig, scale: int = 1) -> int:
     """Forward + backward FLOPs of one patch (backward = 2x forward: gradients of inputs and of weights)."""
     return 3 * flops_per_patch(cfg, scale)
-
-
-# --- the reference model (spandrel's copy of the official IPT) ---------------------------------------------------
-
-
-def _import_reference() -> type:
-    try:
-        from spandrel.architectures.IPT.__arch.ipt import IPT as OfficialIPT
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the reference implementation needs the benchmark extra: pip install 'ipt-framework[bench]' "
-            f"(spandrel) ({exc})"
-        ) from exc
-    return OfficialIPT
-
-
-def _check_reference_config(cfg: ModelConfig) -> None:
-    """The official code hard-codes a few choices; other configs have no official counterpart."""
-    problems = []
-    if cfg.num_enc_layers != cfg.num_dec_layers:
-        problems.append(f"num_enc_layers ({cfg.num_enc_layers}) == num_dec_layers ({cfg.num_dec_layers})")
-    if cfg.mlp_ratio != 4.0:
-        problems.append(f"mlp_ratio 4 (got {cfg.mlp_ratio})")
-    if cfg.res_kernel != 5:
-        problems.append(f"res_kernel 5 (got {cfg.res_kernel})")
-    if cfg.layer_norm_eps != 1e-5:
-        problems.append(f"layer_norm_eps 1e-5 (got {cfg.layer_norm_eps})")
-    if problems:
-        raise ValueError("the official architecture needs " + "; ".join(problems))
-
-
-def to_official_state_dict(model: nn.Module, task_order: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """Our :class:`~ipt.core.model.IPT` state dict in the official layout (``head.<i>``, ``body.encoder.layers``,
-    ``in_proj_weight``, one ``query_embed`` row per task, the mean-shift convs), task ``i`` = ``task_order[i]``.
-
-    Uses the converter's name mapping (:func:`ipt.core.convert.official_name`); loading the result into the
-    official model with ``strict=True`` gives the same function.
-    """
-    tasks = list(task_order if task_order is not None else model.task_names)
-    cfg: ModelConfig = model.config
-    ours = model.state_dict()
-    out: dict[str, torch.Tensor] = {}
-    mean = torch.tensor(cfg.rgb_mean, dtype=torch.float32) * cfg.rgb_range
-    eye = torch.eye(3).view(3, 3, 1, 1)
-    out["sub_mean.weight"], out["sub_mean.bias"] = eye.clone(), -mean
-    out["add_mean.weight"], out["add_mean.bias"] = eye.clone(), mean.clone()
-    index = {t: i for i, t in enumerate(tasks)}
-    for key, value in ours.items():
-        group, _, rest = key.partition(".")
-        if group == "task_embed" or (group in ("heads", "tails") and rest.partition(".")[0] not in index):
-            continue  # task embeddings are stacked below; tasks outside task_order are left out
-        out[official_name(key, index)] = value
-    out["body.query_embed.weight"] = torch.stack([ours[f"task_embed.{t}"].reshape(-1) for t in tasks])
-    out["body.position_encoding.position_ids"] = torch.arange(cfg.num_tokens).expand(1, -1)
-    return out
-
-
-def build_reference(model: nn.Module, task_order: Sequence[str] | None = None) -> nn.Module:
-    """The official architecture (from ``spandrel``) holding ``model``'s weights (loaded with ``strict=True``).
-
-    Select task ``i`` of ``task_order`` with ``reference.set_scale(i)``.
-    """
-    cfg: ModelConfig = model.config
-    _check_reference_config(cfg)
-    tasks = list(task_order if task_order is not None else model.task_names)
-    official = _import_reference()(
-        patch_size=cfg.patch_size,
-        patch_dim=cfg.patch_dim,
-        n_feats=cfg.n_feats,
-        rgb_range=cfg.rgb_range,
-        scale=[model.scale(t) for t in tasks],
-        num_heads=cfg.num_heads,
-        num_layers=cfg.num_enc_layers,
-        num_queries=len(tasks),
-        dropout_rate=cfg.dropout,
-    )
-    ref_param = next(model.parameters())
-    official.load_state_dict(to_official_state_dict(model, tasks), strict=True)
-    return official.to(device=ref_param.device, dtype=ref_param.dtype)
 
 
 # --- timing helpers ---------------------------------------------------------------------------------------------
@@ -677,7 +598,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (default: 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per variant (default: 1)")
     parser.add_argument("--what", action="append", default=None,
-                        help=f"sections to run, comma-separated: {','.join(SECTIONS)} (default: all)")
+                        help=f"sections to run, comma-separated: {','.join(SECTIONS)} (default: all but onnx)")
     parser.add_argument("--compare-reference", action="store_true",
                         help="also time spandrel's copy of the official IPT on the same weights (needs spandrel)")
     parser.add_argument("--full-reference-restore", action="store_true",
@@ -700,7 +621,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args.dtype = _split_list(args.dtype, list(DTYPES), "--dtype") or ["fp32", "bf16"]
-    sections = _split_list(args.what, SECTIONS, "--what") or list(SECTIONS)
+    sections = _split_list(args.what, SECTIONS, "--what") or [s for s in SECTIONS if s != "onnx"]
     for opt in ("batch", "repeats", "tile_batch"):
         if getattr(args, opt) < 1:
             raise ValueError(f"--{opt.replace('_', '-')} must be >= 1")
@@ -747,6 +668,11 @@ def run(args: argparse.Namespace) -> int:
     if "memory" in sections:
         report["memory"] = bench_memory(ctx)
         log(format_memory(report["memory"]))
+    if "onnx" in sections:
+        from ipt.core.commands.bench_onnx import bench_onnx, format_onnx
+
+        report["onnx"] = bench_onnx(ctx)
+        log(format_onnx(report["onnx"]))
     if args.json:
         text = json.dumps(report, indent=2)
         if args.json == "-":

@@ -13,7 +13,7 @@ from ipt.core.checkpoints.official import (
     OfficialLayout,
     convert_file,
     inspect_official,
-    read_official_checkpoint,
+    load_official_checkpoint,
     resolve_task_names,
 )
 from ipt.core.checkpoints.pretrained import read_config
@@ -38,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_NUM_HEADS,
         help=f"attention heads (not stored in the checkpoint; official: {DEFAULT_NUM_HEADS})",
     )
+    parser.add_argument("--key", default=None, metavar="KEY",
+                        help="state dict to take from a wrapped checkpoint, e.g. params or params_ema (nested: "
+                        "net/model); default: the EMA weights when the file has them (params_ema, state_dict_ema ...)")
     parser.add_argument("--inspect", action="store_true", help="print the inferred layout and write nothing")
 
 
@@ -78,16 +81,27 @@ def run(args: argparse.Namespace) -> int:
     if args.inspect:
         if args.out_dir is not None:
             raise ValueError("--inspect writes nothing: drop OUT_DIR (or drop --inspect to convert)")
-        state = read_official_checkpoint(args.checkpoint)
-        layout = inspect_official(state, args.num_heads, source=str(args.checkpoint))
+        found = load_official_checkpoint(args.checkpoint, args.key)
+        layout = inspect_official(found.state, args.num_heads, source=str(args.checkpoint))
         print(describe(layout, args.tasks, str(args.checkpoint)))
+        print(f"  {'weights':<12}  {describe_key(found.key, found.others)}")
         return 0
     if args.out_dir is None:
         raise ValueError("OUT_DIR is required to convert (or pass --inspect to only print the layout)")
     # OUT_DIR is replaced as a whole: it may not be the checkpoint or a folder holding it.
     check_not_inputs([args.checkpoint], "OUT_DIR", replaces=[args.out_dir], hint="choose a new folder for the model")
-    out = convert_file(args.checkpoint, args.out_dir, args.tasks, args.num_heads)
+    out = convert_file(args.checkpoint, args.out_dir, args.tasks, args.num_heads, key=args.key)
 
-    tasks = ", ".join(f"{t.name} (x{t.scale})" for t in read_config(out).tasks)
-    print(f"wrote {out} (tasks: {tasks})")
+    saved = read_config(out)
+    tasks = ", ".join(f"{t.name} (x{t.scale})" for t in saved.tasks)
+    source = getattr(saved, "source", None) or {}
+    print(f"wrote {out} (tasks: {tasks}; weights: {describe_key(source.get('key'), source.get('other_keys', ()))})")
     return 0
+
+
+def describe_key(key: str | None, others: Sequence[str]) -> str:
+    """Which state dict of the file was used, e.g. ``'params_ema' (also in the file: 'params'; choose with --key)``."""
+    used = "the file's top-level state dict" if key is None else repr(key)
+    if others:
+        return f"{used} (also in the file: {', '.join(map(repr, others))}; choose with --key)"
+    return used

@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--task", required=True, help="task to score, e.g. sr2, denoise30, derain")
     parser.add_argument("--model", metavar="MODEL_DIR", default=None,
-                        help="model directory (config.json + model.safetensors); default: the bundled model")
+                        help="model directory (config.json + model.safetensors) or Hub repo id user/name[@revision]; "
+                        "default: the bundled model")
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="benchmark folder (HR/ + LR_bicubic/X{s}/, rainy/ + norain/, rain-*/norain-*, "
                              "or clean images degraded on the fly)")
@@ -35,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "rounded to 8 bit, grey files scored on grey, per-pass-rounded imresize, the tables' "
                              f"bicubic recipe for --baseline). Default: {DEFAULT_CONVENTION}")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--save-dir", metavar="DIR", default=None, help="write the restored images here")
+    parser.add_argument("--save-dir", metavar="DIR", default=None,
+                        help="write the restored images here, and _worst_best_grid.png (crops of the worst and "
+                        "best images with their PSNR-Y)")
     parser.add_argument("--seed", type=int, default=0, help="seed of on-the-fly degradations (default: 0)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N images")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -32,6 +32,9 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
 
+    from ipt.core.inference.restorer import InferenceOptions, TaskRestorer
+    from ipt.registry.spec import TaskSpec
+
 from ipt.core.files import check_not_inputs
 from ipt.core.images.extra import is_extra_input_file, with_extra_inputs
 from ipt.core.images.channels import fill_transparent, grey_plane
@@ -59,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and/or folders of images")
     parser.add_argument("--task", required=True, help="task to run, e.g. sr2, denoise30, derain")
     parser.add_argument("--model", metavar="MODEL_DIR", default=None,
-                        help="model directory (config.json + model.safetensors); default: the bundled model")
+                        help="model directory (config.json + model.safetensors), Hub repo id user/name[@revision], "
+                        "or with --backend onnx an .onnx file; default: the bundled model")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                        help="torch: this package's model; onnx: an 'ipt export --format onnx' file run by ONNX "
+                        "Runtime on the CPU (same tiling)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for <stem>.png outputs")
     parser.add_argument("--compare", action="store_true",
                         help="also write <stem>_compare.png: input | output [| reference]")
@@ -147,6 +154,21 @@ def _output_names(paths: list[Path], out_dir: Path, suffix: str, compare: bool) 
         raise ValueError(f"several inputs would write the same output: {listed}")
     return [(out_dir / f"{p.stem}{suffix}.png", out_dir / f"{p.stem}{suffix}_compare.png" if compare else None)
             for p in paths]
+
+
+def _restorer(args: argparse.Namespace, options: "InferenceOptions") -> tuple["TaskRestorer", "TaskSpec"]:
+    """The restorer of ``--backend`` and the task's spec (scale, metric conventions)."""
+    from ipt.core.inference.restorer import TaskRestorer, load_task_model, resolve_device
+
+    if args.backend == "onnx":
+        from ipt.core.inference.onnx import onnx_restorer
+        from ipt.registry import get_task
+
+        if args.model is None:
+            raise ValueError("--backend onnx needs --model FILE.onnx (written by 'ipt export --format onnx')")
+        return onnx_restorer(args.model, args.task, options), get_task(args.task)
+    model = load_task_model(args.model, args.task, resolve_device(options.device))
+    return TaskRestorer(model, args.task, options), model.spec(args.task)
 
 
 def _check_outputs(args: argparse.Namespace, paths: list[Path], outputs: list[tuple[Path, Path | None]],
@@ -245,12 +267,7 @@ def restore_files(args: argparse.Namespace) -> int:
     """``ipt restore``: check every input and output first, load the model, then restore image by image; an
     image that fails (unreadable, too large, out of memory, non-finite output) is reported and skipped."""
     from ipt.core.commands.options import parse_config
-    from ipt.core.inference.restorer import (
-        InferenceOptions,
-        TaskRestorer,
-        load_task_model,
-        resolve_device,
-    )
+    from ipt.core.inference.restorer import InferenceOptions
 
     options = parse_config(InferenceOptions, args)
     extras = get_task(args.task).extra_inputs  # e.g. photo_mask.png beside photo.png: read with it, not restored
@@ -261,14 +278,13 @@ def restore_files(args: argparse.Namespace) -> int:
     outputs = _output_names(paths, out_dir, args.suffix, args.compare)
     _check_outputs(args, paths, outputs, reference)
 
-    model = load_task_model(args.model, args.task, resolve_device(options.device))
-    restorer = TaskRestorer(model, args.task, options)
+    restorer, spec = _restorer(args, options)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     failures: list[tuple[Path, str]] = []
     t0 = time.perf_counter()
     bars = _Progress(len(paths), args.quiet)
-    run = _Run(args, restorer, model.spec(args.task).crop_border, reference, len(paths) == 1, bars)
+    run = _Run(args, restorer, spec.crop_border, reference, len(paths) == 1, bars)
     for path, (out, compare) in zip(paths, outputs):
         try:
             _restore_one(run, path, out, compare)

@@ -43,7 +43,7 @@ def check_outputs(cfg: TrainConfig) -> None:
     if cfg.init_from is None:
         return
     run_dir = Path(cfg.output_dir)
-    check_not_inputs([cfg.init_from], "--output-dir", writes=[run_dir],
+    check_not_inputs([cfg.init_dir], "--output-dir", writes=[run_dir],
                      replaces=[run_dir / "model", run_dir / "checkpoints"],
                      hint="choose an --output-dir that does not hold the --init-from model")
 

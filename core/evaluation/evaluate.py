@@ -38,6 +38,7 @@ from ipt.core.files import check_not_inputs
 from ipt.core.images.resize import MATLAB_BICUBIC, bicubic_degrade, imresize, matlab_uint8
 from ipt.core.images.extra import with_extra_inputs
 from ipt.core.inference.restorer import InferenceOptions
+from ipt.core.evaluation.worst_best import GRID_NAME, WorstBest
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipt.core.model.ipt import IPT
@@ -273,8 +274,9 @@ def evaluate_pairs(
     ``model_or_fn`` is an :class:`~ipt.core.model.IPT` (run with the tiling ``options``) or a whole-image function
     ``degraded (3, h, w) -> restored (3, h*s, w*s)`` (run as is; ``tiles`` stays 0). ``task`` gives the scale and
     the metric conventions; ``convention`` the scoring convention (module docstring). ``save_dir`` receives
-    ``<name>.png`` per restored image. ``on_image`` is called after each image with its scores (and its baseline
-    scores). Raises ValueError for duplicate names, size mismatches, unscorable images or no images.
+    ``<name>.png`` per restored image and ``_worst_best_grid.png``, crops of the worst and best images by PSNR-Y
+    (:mod:`ipt.core.evaluation.worst_best`). ``on_image`` is called after each image with its scores (and its
+    baseline scores). Raises ValueError for duplicate names, size mismatches, unscorable images or no images.
     """
     from tqdm import tqdm
 
@@ -288,6 +290,7 @@ def evaluate_pairs(
     save = Path(save_dir) if save_dir is not None else None
     per_image: dict[str, ImageScore] = {}
     base_scores: dict[str, ImageScore] = {}
+    worst_best = WorstBest()
     t0 = time.perf_counter()
     bar = tqdm(pairs, total=total, desc=f"eval {spec.name}", unit="img", disable=not progress or None, file=sys.stderr)
     for item in bar:
@@ -303,11 +306,14 @@ def evaluate_pairs(
             raise ValueError(f"{sample.name}: cannot be scored: {exc}") from exc
         if save is not None:
             write_image(save / f"{sample.name}.png", restored[:1] if sample.grey else restored)
+            worst_best.add(sample.name, per_image[sample.name].psnr_y, sample.degraded[:3], restored, sample.clean)
         if on_image is not None:
             on_image(sample.name, per_image[sample.name], base_scores.get(sample.name))
     bar.close()
     if not per_image:
         raise ValueError(f"no images to evaluate for {spec.name}")
+    if save is not None:
+        worst_best.save(save / GRID_NAME, spec.name)
     base = None
     if baseline:
         method = "bicubic (MATLAB imresize)" if spec.scale > 1 else "degraded input"

@@ -13,8 +13,9 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from ipt.core.checkpoints.bundled import resolve_model_dir
 from ipt.core.checkpoints.pretrained import CONFIG_NAME
 from ipt.core.model.config import ModelConfig, preset
 from ipt.registry import get_task
@@ -45,8 +46,10 @@ class TrainConfig(BaseModel):
         default_factory=dict, description="Overrides of the preset's ModelConfig fields, e.g. num_enc_layers=4"
     )
     init_from: Path | None = Field(
-        None, description="Fine-tune from this model directory: keep its body and the heads of the requested tasks"
+        None, description="Fine-tune from this model directory or Hub repo id (user/name[@revision]): keep its "
+        "body and the heads of the requested tasks"
     )
+    _init_dir: Path | None = PrivateAttr(None)
     freeze: Literal["body"] | None = Field(None, description="Freeze the body and train only heads/tails/embeddings")
     embed_from: str | None = Field(
         None, description="With --init-from: start the task embedding of each task the checkpoint lacks as a copy "
@@ -174,7 +177,8 @@ class TrainConfig(BaseModel):
         if self.lr_decay_steps is not None and self.lr_decay_epochs is not None:
             raise ValueError("give --lr-decay-steps or --lr-decay-epochs, not both")
         if self.init_from is not None:
-            if not (self.init_from / CONFIG_NAME).is_file():
+            self._init_dir = resolve_model_dir(self.init_from)  # a folder, or a Hub repo id -> its cached snapshot
+            if not (self._init_dir / CONFIG_NAME).is_file():
                 raise ValueError(f"--init-from {self.init_from}: not a model directory (no {CONFIG_NAME} in it)")
         if self.freeze and self.init_from is None:
             raise ValueError("--freeze body needs --init-from (a randomly initialised body would stay random)")
@@ -220,6 +224,15 @@ class TrainConfig(BaseModel):
     @property
     def finetuning(self) -> bool:
         return self.init_from is not None
+
+    @property
+    def init_dir(self) -> Path | None:
+        """The folder of ``init_from`` (a Hub repo id ``user/name[@revision]`` resolved to its cached snapshot)."""
+        if self.init_from is None:
+            return None
+        if self._init_dir is None:
+            self._init_dir = resolve_model_dir(self.init_from)
+        return self._init_dir
 
     @property
     def base_lr(self) -> float:

@@ -98,7 +98,7 @@ def init_model(cfg: TrainConfig) -> tuple[IPT, list[str]]:
 
 
 def _finetune_model(cfg: TrainConfig, notes: list[str]) -> IPT:
-    saved = read_config(cfg.init_from)
+    saved = read_config(cfg.init_dir)
     if {"preset", "model"} & cfg.model_fields_set and cfg.architecture() != saved.architecture:
         raise ValueError(
             f"--init-from {cfg.init_from}: its architecture differs from --preset {cfg.preset} "
@@ -115,7 +115,7 @@ def _finetune_model(cfg: TrainConfig, notes: list[str]) -> IPT:
             raise ValueError(f"--embed-from {cfg.embed_from} has no effect: {cfg.init_from} already has every task "
                              f"of --tasks {','.join(cfg.tasks)}")
     loaded = kept + ([cfg.embed_from] if cfg.embed_from and cfg.embed_from not in kept else [])
-    model = IPT.from_pretrained(cfg.init_from, tasks=loaded)  # dropped tasks need no plugin
+    model = IPT.from_pretrained(cfg.init_dir, tasks=loaded)  # dropped tasks need no plugin
     for t in new:
         model.add_task(t, embed_init=cfg.embed_from)
     model.keep_tasks(cfg.tasks)
@@ -145,7 +145,7 @@ def new_tasks(cfg: TrainConfig) -> list[str]:
     """Tasks of ``cfg`` that ``--init-from`` lacks (none when pre-training)."""
     if cfg.init_from is None:
         return []
-    had = {t.name for t in read_config(cfg.init_from).tasks}
+    had = {t.name for t in read_config(cfg.init_dir).tasks}
     return [t for t in cfg.tasks if t not in had]
 
 
