@@ -30,7 +30,8 @@ def run_plugins(args: argparse.Namespace) -> int:
         return 0
     rows = []
     for i in infos:
-        tasks = ", ".join(i.tasks + i.families) or "-"
+        provided = i.tasks + i.families + [f"layout {n}" for n in i.layouts] + [f"metric {n}" for n in i.metrics]
+        tasks = ", ".join(provided) or "-"
         status = "disabled" if i.disabled else (i.error or "ok")
         rows.append([i.name, i.distribution or "?", i.version or "?", tasks, status])
     print(_table(rows, ["plugin", "distribution", "version", "tasks", "errors"]))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pluggy
 
+from ipt.registry.layouts import DatasetLayout
+from ipt.registry.metrics import MetricSpec
 from ipt.registry.spec import TaskFamily, TaskSpec
 
 PROJECT = "ipt"
@@ -31,4 +33,21 @@ def ipt_register_task_families() -> list[TaskFamily]:
 
     Called once, when the registry loads the plugins; a family's ``build`` is called the first time a
     matching task name (e.g. ``denoise70``) is asked for.
+    """
+
+
+@hookspec
+def ipt_register_dataset_layouts() -> list[DatasetLayout]:
+    """Return folder layouts (how to find and pair degraded/clean files) used by ``ipt train`` and ``ipt eval``.
+
+    Called once, when the registry loads the plugins; a layout's ``find`` is called for every ``--data`` folder
+    that is detected (see :mod:`ipt.registry.layouts`).
+    """
+
+
+@hookspec
+def ipt_register_metrics() -> list[MetricSpec]:
+    """Return image-quality metrics (name, higher-is-better, function, colour space; :mod:`ipt.registry.metrics`).
+
+    Called once, when the registry loads the plugins; a metric's ``compute`` is called per scored image.
     """

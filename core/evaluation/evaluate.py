@@ -2,7 +2,7 @@
 
     ipt eval --task sr2 --model MODEL_DIR --data benchmark/Set5 [--baseline] [--json] [--protocol official]
 
-Folder layouts are detected by :mod:`ipt.core.evaluation.pairing` (EDSR/Set5 ``HR/`` + ``LR_bicubic/X{s}/``, paired
+Folder layouts are detected by :mod:`ipt.core.data.pairing` (EDSR/Set5 ``HR/`` + ``LR_bicubic/X{s}/``, paired
 subfolders, Rain100L ``rain-*``/``norain-*``, or a folder of clean images degraded on the fly by the task's plugin
 with a seed derived from ``--seed`` and the file name). SR clean images are cropped to a multiple of the scale.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -26,11 +26,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from ipt.core.data.pairing import ImagePair, check_sizes, detect_layout
+from ipt.core.evaluation.metrics import MetricError, metric_specs, metric_values, quantize, score
 from ipt.core.inference.restorer import InferenceOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipt.core.model.ipt import IPT
-    from ipt.core.evaluation.pairing import ImagePair
+    from ipt.registry import MetricSpec
     from ipt.registry.spec import TaskSpec
 
 __all__ = [
@@ -55,6 +57,7 @@ class ImageScore(BaseModel):
     psnr_y: float
     ssim_y: float
     psnr_rgb: float
+    metrics: dict[str, float] = Field(default_factory=dict, description="the selected metrics (--metrics)")
 
 
 class ScoreSummary(BaseModel):
@@ -65,15 +68,19 @@ class ScoreSummary(BaseModel):
     psnr_y: float
     ssim_y: float
     psnr_rgb: float
+    metrics: dict[str, float] = Field(default_factory=dict, description="means of the selected metrics")
     per_image: dict[str, ImageScore] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, per_image: dict[str, ImageScore]) -> "ScoreSummary":
-        def mean(key: str) -> float:
-            vals = [getattr(s, key) for s in per_image.values()]
+        def mean(vals: list[float]) -> float:
             return math.fsum(vals) / len(vals) if vals else math.nan
 
-        return cls(psnr_y=mean("psnr_y"), ssim_y=mean("ssim_y"), psnr_rgb=mean("psnr_rgb"), per_image=per_image)
+        scores = list(per_image.values())
+        names = list(scores[0].metrics) if scores else []
+        return cls(psnr_y=mean([s.psnr_y for s in scores]), ssim_y=mean([s.ssim_y for s in scores]),
+                   psnr_rgb=mean([s.psnr_rgb for s in scores]),
+                   metrics={n: mean([s.metrics[n] for s in scores]) for n in names}, per_image=per_image)
 
 
 class BaselineSummary(ScoreSummary):
@@ -97,6 +104,9 @@ class EvalResult(BaseModel):
     layout: str | None = None
     seed: int | None = Field(None, description="seed of the on-the-fly degradations (None: stored inputs)")
     options: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict, description="means of the selected metrics")
+    metric_info: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per metric: column, higher_is_better, color_space, unit, plugin")
     per_image: dict[str, ImageScore] = Field(default_factory=dict)
     baseline: BaselineSummary | None = None
 
@@ -114,7 +124,7 @@ def _modcrop(img: Tensor, scale: int) -> Tensor:
     return img[..., : h - h % scale, : w - w % scale]
 
 
-def load_pairs(pairs: "Iterable[ImagePair]", spec: "TaskSpec", seed: int = 0) -> Iterator[Sample]:
+def load_pairs(pairs: Iterable[ImagePair], spec: "TaskSpec", seed: int = 0) -> Iterator[Sample]:
     """Read each pair lazily: the clean image (modcropped for SR) and the stored or freshly degraded input."""
     from ipt.core.images.io import read_image
 
@@ -140,11 +150,18 @@ def baseline_image(degraded: Tensor, scale: int) -> Tensor:
 
 
 # -- scoring -------------------------------------------------------------------------------------------------
-def _score(restored: Tensor, clean: Tensor, spec: "TaskSpec") -> ImageScore:
-    from ipt.core.evaluation.metrics import score
-
+def _score(restored: Tensor, clean: Tensor, spec: "TaskSpec", metrics: "Sequence[MetricSpec]" = (),
+           where: str = "") -> ImageScore:
     s = score(restored, clean, spec.scale, color_space=spec.metrics.color_space, crop_border=spec.crop_border)
-    return ImageScore(psnr_y=s["psnr_y"], ssim_y=s["ssim_y"], psnr_rgb=s["psnr_rgb"])
+    values = metric_values(restored, clean, spec, metrics, where)
+    return ImageScore(psnr_y=s["psnr_y"], ssim_y=s["ssim_y"], psnr_rgb=s["psnr_rgb"], metrics=values)
+
+
+def metric_info(metrics: "Sequence[MetricSpec]", spec: "TaskSpec") -> dict[str, dict[str, Any]]:
+    """What ``EvalResult.metric_info`` records about each selected metric."""
+    return {m.name: {"column": m.column(spec.metrics.color_space), "higher_is_better": m.higher_is_better,
+                     "color_space": m.space_for(spec.metrics.color_space), "unit": m.unit,
+                     "plugin": m.plugin, "distribution": m.distribution, "version": m.version} for m in metrics}
 
 
 def _task_spec(model: Any, task: "str | TaskSpec") -> "TaskSpec":
@@ -168,23 +185,26 @@ def evaluate_pairs(
     progress: bool = False,
     total: int | None = None,
     on_image: Callable[[str, ImageScore, ImageScore | None], None] | None = None,
+    metrics: Sequence[str] | None = None,
 ) -> EvalResult:
     """Restore and score ``(name, degraded, clean)`` samples.
 
     ``model_or_fn`` is an :class:`~ipt.core.model.IPT` (run with the tiling ``options``) or a whole-image function
     ``degraded (3, h, w) -> restored (3, h*s, w*s)`` (run as is; ``tiles`` stays 0). ``task`` gives the scale and
     the metric conventions. ``save_dir`` receives ``<name>.png`` per restored image. ``on_image`` is called after
-    each image with its scores (and its baseline scores).
+    each image with its scores (and its baseline scores). ``metrics`` names registered metrics
+    (hook ``ipt_register_metrics``; default: the task's ``MetricConventions.report``); a metric that raises or
+    returns NaN stops the run with :class:`~ipt.core.evaluation.metrics.MetricError` naming it and the image.
     """
     from tqdm import tqdm
 
     from ipt.core.images.io import write_image
     from ipt.core.inference.restorer import TaskRestorer
-    from ipt.core.evaluation.metrics import quantize
     from ipt.core.model.ipt import IPT
 
     options = options or InferenceOptions()
     spec = _task_spec(model_or_fn, task)
+    selected = metric_specs(metrics if metrics is not None else spec.metrics.report)
     restorer = TaskRestorer(model_or_fn, spec.name, options) if isinstance(model_or_fn, IPT) else None
     save = Path(save_dir) if save_dir is not None else None
     per_image: dict[str, ImageScore] = {}
@@ -203,9 +223,12 @@ def evaluate_pairs(
             raise ValueError(f"{name}: restored image is {tuple(restored.shape)}, clean image {tuple(clean.shape)}")
         restored = quantize(restored)
         try:
-            per_image[name] = _score(restored, clean, spec)
+            per_image[name] = _score(restored, clean, spec, selected, f"{name}: ")
             if baseline:
-                base_scores[name] = _score(baseline_image(degraded, spec.scale), clean, spec)
+                base_scores[name] = _score(baseline_image(degraded, spec.scale), clean, spec, selected,
+                                           f"{name} (baseline): ")
+        except MetricError:
+            raise
         except ValueError as exc:  # e.g. an image too small for SSIM's 11x11 window after the border crop
             raise ValueError(f"{name}: cannot be scored: {exc}") from exc
         if save is not None:
@@ -228,6 +251,7 @@ def evaluate_pairs(
         seconds=time.perf_counter() - t0,
         options={**options.model_dump(), "resolved_device": str(restorer.device) if restorer else None},
         baseline=base,
+        metric_info=metric_info(selected, spec),
         **summary.model_dump(),
     )
 
@@ -244,24 +268,23 @@ def evaluate(
     options: InferenceOptions | None = None,
     progress: bool = False,
     on_image: Callable[[str, ImageScore, ImageScore | None], None] | None = None,
+    metrics: Sequence[str] | None = None,
 ) -> EvalResult:
-    """Score ``model`` on ``task`` over a benchmark folder (layouts of :mod:`ipt.core.evaluation.pairing`).
+    """Score ``model`` on ``task`` over a benchmark folder (layouts of :mod:`ipt.core.data.pairing`).
 
     ``options`` (tiling, device, dtype) overrides ``protocol`` when given; ``limit`` keeps the first N pairs (sorted
-    by name). Raises :class:`~ipt.core.pairing.PairingError` for unpairable folders or mismatched sizes.
+    by name). Raises :class:`~ipt.registry.PairingError` for unpairable folders or mismatched sizes.
     """
-    from ipt.core.evaluation.pairing import check_sizes, detect_layout
-
     spec = model.spec(task)
     options = options or InferenceOptions(protocol=protocol)
-    layout = detect_layout(data_dir, spec.name, spec.scale, spec.params)
+    layout = detect_layout(data_dir, spec)
     pairs = layout.pairs[:limit] if limit is not None else layout.pairs
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     check_sizes(pairs, spec.scale)
     result = evaluate_pairs(
         model, spec, load_pairs(pairs, spec, seed), options=options, baseline=baseline, save_dir=save_dir,
-        progress=progress, total=len(pairs), on_image=on_image,
+        progress=progress, total=len(pairs), on_image=on_image, metrics=metrics,
     )
     return result.model_copy(update={
         "data": str(data_dir), "layout": layout.description, "seed": seed if layout.synthetic else None,
