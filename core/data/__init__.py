@@ -9,6 +9,7 @@ from ipt.core.data.batches import (
     SCAN_LIMIT,
     ImageSource,
     StreamingTrainBatches,
+    TaskData,
     TrainBatches,
     UnreadableImage,
     decode_record,
@@ -19,5 +20,5 @@ from ipt.core.data.batches import (
 
 __all__ = [
     "ImageSource", "load_images", "to_rgb_tensor", "decode_record", "UnreadableImage",
-    "SCAN_LIMIT", "TrainBatches", "StreamingTrainBatches", "validation_pairs",
+    "SCAN_LIMIT", "TaskData", "TrainBatches", "StreamingTrainBatches", "validation_pairs",
 ]

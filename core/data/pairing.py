@@ -28,7 +28,7 @@ from ipt.core.images.io import ImageReadError, image_size, is_image_file, list_i
 from ipt.registry import DatasetLayout, ImagePair, LayoutMatch, PairingError, TaskSpec, get_registry, get_task
 
 __all__ = [
-    "ImagePair", "Layout", "LayoutMatch", "PairingError", "CLEAN_FOLDER", "detect_layout", "pair_by_name",
+    "ImagePair", "Layout", "LayoutMatch", "PairingError", "CLEAN_FOLDER", "detect_layout", "match_layout", "pair_by_name",
     "pair_by_key", "subfolders", "same_file", "listing", "check_sizes", "modcrop_size", "list_images",
 ]
 
@@ -196,6 +196,20 @@ def _ask(layout: DatasetLayout, data: Path, spec: TaskSpec) -> Layout | None:
     return Layout(layout.name, match.description, pairs, layout.plugin)
 
 
+def match_layout(data: str | Path, task: TaskSpec | str) -> Layout | None:
+    """The registered layout that recognises the folder ``data`` for ``task``, or ``None`` if none does.
+
+    Raises :class:`PairingError` when several layouts recognise it, or when the one that does finds it broken.
+    """
+    spec = get_task(task) if isinstance(task, str) else task
+    data = Path(data)
+    found = [m for m in (_ask(lay, data, spec) for lay in get_registry().layouts.values()) if m is not None]
+    if len(found) > 1:
+        claims = ", ".join(f"{m.kind} (plugin {m.plugin!r}: {m.description})" for m in found)
+        raise PairingError(f"{data}: several dataset layouts recognise this folder, cannot tell which to use: {claims}")
+    return found[0] if found else None
+
+
 def detect_layout(data: str | Path, task: TaskSpec | str) -> Layout:
     """The layout of ``data`` for ``task`` (see the module doc).
 
@@ -210,12 +224,8 @@ def detect_layout(data: str | Path, task: TaskSpec | str) -> Layout:
         if not is_image_file(data):
             raise PairingError(f"{data}: not an image file")
         return Layout(CLEAN_FOLDER, f"one clean image, degraded on the fly by {spec.name}", [ImagePair(data.stem, data)])
-    layouts = list(get_registry().layouts.values())
-    found = [m for m in (_ask(lay, data, spec) for lay in layouts) if m is not None]
-    if len(found) > 1:
-        claims = ", ".join(f"{m.kind} (plugin {m.plugin!r}: {m.description})" for m in found)
-        raise PairingError(f"{data}: several dataset layouts recognise this folder, cannot tell which to use: {claims}")
-    return found[0] if found else _clean_folder(data, spec, layouts)
+    found = match_layout(data, spec)
+    return found if found is not None else _clean_folder(data, spec, list(get_registry().layouts.values()))
 
 
 def modcrop_size(h: int, w: int, scale: int) -> tuple[int, int]:

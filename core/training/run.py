@@ -33,7 +33,7 @@ import torch
 
 from ipt.core.checkpoints.pretrained import read_config
 from ipt.core.commands.options import dump_yaml
-from ipt.core.data import batches as data_mod
+from ipt.core.data.training_data import TrainingData
 from ipt.core.data.schedule import MicroBatchSchedule, TaskSchedule
 from ipt.core.model import IPT
 from ipt.core.training.checkpoints import (
@@ -152,19 +152,15 @@ def train(cfg: TrainConfig) -> Path:
     set_seed(cfg.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model, notes = init_model(cfg)
 
-    source = data_mod.load_images(cfg.data, split=cfg.data_split, image_column=cfg.image_column,
-                                  streaming=cfg.streaming)
-    try:
-        num_images: int | None = len(source)  # type: ignore[arg-type]
-    except TypeError:
-        num_images = None
+    data = TrainingData.open(cfg)  # per task: stored pairs (a detected layout) or clean images
+    num_images = data.num_images
 
     acc = make_accelerator(cfg)
     total = cfg.total_steps(num_images, acc.num_processes)
     decay_at = cfg.decay_step(total, num_images, acc.num_processes)
     trainer = Trainer(cfg, model, total, decay_at, accelerator=acc)
     resolved = resolved_config(cfg, total, decay_at)
-    training_record = {"config": resolved.model_dump(mode="json")}
+    training_record = {"config": resolved.model_dump(mode="json"), "data": data.record()}
 
     if checkpoint is not None:
         trainer.load_checkpoint(checkpoint)
@@ -189,24 +185,15 @@ def train(cfg: TrainConfig) -> Path:
     ga = cfg.grad_accum
     common = dict(batch_size=cfg.batch_size, patch_size=trainer.unwrapped.config.patch_size, seed=cfg.seed,
                   rank=acc.process_index, world_size=acc.num_processes, augment=cfg.augment, steps=total * ga)
-    if cfg.streaming:
-        batches = data_mod.StreamingTrainBatches(source, specs, MicroBatchSchedule(schedule, ga),
-                                                 start_step=start * ga, **common)
-    else:
-        batches = data_mod.TrainBatches(source, specs, MicroBatchSchedule(schedule, ga), **common)
+    batches = data.batches(specs, MicroBatchSchedule(schedule, ga), start_step=start * ga, **common)
     val_pairs: dict[str, Any] = {}
     if cfg.val_every and acc.is_main_process:
-        try:
-            held = data_mod.load_images(cfg.data, split=cfg.data_split, image_column=cfg.image_column,
-                                        streaming=cfg.streaming, holdout=True)
-            val_pairs = data_mod.validation_pairs(held, specs, patch_size=trainer.unwrapped.config.patch_size,
-                                                  n_per_task=cfg.val_patches, seed=1234)
-        except ValueError as exc:  # e.g. a dataset without a validation/test split: train anyway
-            notes.append(f"validation disabled: {exc}")
+        val_pairs, val_notes = data.validation(specs, trainer.unwrapped.config.patch_size)
+        notes += val_notes
 
     _say(acc, f"{acc.num_processes} process(es) on {acc.device}, mixed precision {acc.mixed_precision}; "
               f"{trainer.unwrapped.num_parameters():,} parameters; tasks {', '.join(cfg.tasks)}; "
-              f"{num_images if num_images is not None else 'streamed'} training images; steps {start}->{total}, "
+              f"data: {data.summary()}; steps {start}->{total}, "
               f"lr {cfg.base_lr:g}" + (f" (x{cfg.lr_decay_gamma:g} after step {decay_at})" if decay_at else ""))
     for note in notes:
         _say(acc, note)
@@ -282,7 +269,7 @@ def train(cfg: TrainConfig) -> Path:
             if cfg.val_every and (done % cfg.val_every == 0 or done == total):
                 if acc.is_main_process and val_pairs:
                     psnr = trainer.validate(val_pairs, cfg.batch_size)
-                    log({"step": done, "validation": True, "psnr": psnr})
+                    log({"step": done, "validation": True, "psnr": psnr, "metrics": trainer.val_metrics})
                     _say(acc, f"step {done}: validation PSNR " + ", ".join(f"{t} {v:.2f} dB" for t, v in psnr.items()))
                 window_start = time.perf_counter()  # validation time is not training throughput
             if done % cfg.save_every == 0 and done != total:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ipt.core.checkpoints.pretrained import CheckpointError
-from ipt.core.evaluation.metrics import psnr_batch, quantize
+from ipt.core.evaluation.metrics import metric_specs, metric_values, psnr_batch, quantize
 from ipt.core.model import IPT
 from ipt.core.training.checkpoints import CHECKPOINTS, EMA_WEIGHTS, TRAIN_STATE, list_checkpoints
 from ipt.core.training.config import TrainConfig
@@ -134,6 +134,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.state = TrainState(ema=EMA(self.unwrapped, cfg.ema_decay) if cfg.ema_decay else None)
         self.stats = StepStats()
+        self.val_metrics: dict[str, dict[str, float]] = {}  # the last validation's metrics (task -> name -> mean)
         self.last_lr = self.lr
 
     @property
@@ -236,23 +237,33 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int) -> dict[str, float]:
-        """Mean PSNR (dB, the task's colour space and border crop, 8-bit outputs) per task on held-out patches."""
+        """Mean PSNR (dB, the task's colour space and border crop, 8-bit outputs) per task on held-out patches.
+
+        The means of the task's own metrics (``MetricConventions.report``: PSNR, SSIM, ...) are kept in
+        :attr:`val_metrics`.
+        """
         model = self.unwrapped
         was_training = model.training
         model.eval()
         out: dict[str, float] = {}
+        self.val_metrics = {}
         try:
             for task, (lr_img, hr_img) in pairs.items():
                 spec = model.spec(task)
-                scores = []
+                scores, values = [], []
                 for i in range(0, len(lr_img), batch):
                     with self.accelerator.autocast():
-                        y = model(lr_img[i : i + batch].to(self.device), task)
+                        y = quantize(model(lr_img[i : i + batch].to(self.device), task).float().cpu())
                     scores.append(psnr_batch(
-                        quantize(y.float().cpu()), hr_img[i : i + batch].float(), crop_border=spec.crop_border,
+                        y, hr_img[i : i + batch].float(), crop_border=spec.crop_border,
                         y_only=spec.metrics.color_space == "y",
                     ))
+                    metrics = metric_specs(spec.metrics.report)
+                    values += [metric_values(a, b, spec, metrics, f"validation of {task}: ")
+                               for a, b in zip(y, hr_img[i : i + batch].float())]
                 out[task] = float(torch.cat(scores).clamp(max=100.0).mean())
+                self.val_metrics[task] = {k: float(torch.tensor([v[k] for v in values]).clamp(max=100.0).mean())
+                                          for k in values[0]}
         finally:
             model.train(was_training)
         return out
