@@ -60,10 +60,15 @@ class Layout:
                 "clean_images": len({p.clean for p in self.pairs})}
 
 
-def listing(items: Sequence[str]) -> str:
-    """``a, b, c, ... (N in all)``: at most 20 names of a list of files for a one-line message."""
-    shown = ", ".join(items[:_SHOWN])
-    return shown + (f", ... ({len(items)} in all)" if len(items) > _SHOWN else "")
+def listing(items: Sequence[str], shown: int = _SHOWN) -> str:
+    """``a, b, c, ... (N in all)``: at most ``shown`` names of a list of files for a one-line message."""
+    text = ", ".join(items[:shown])
+    return text + (f", ... ({len(items)} in all)" if len(items) > shown else "")
+
+
+def _short(path: Path) -> str:
+    """``folder/file.png``: enough to tell an input from a target of the same name."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def subfolders(parent: Path, names: Sequence[str]) -> list[Path]:
@@ -251,12 +256,13 @@ def check_sizes(pairs: list[ImagePair], scale: int) -> None:
             continue
         mh, mw = modcrop_size(ch, cw, scale)
         if (dh * scale, dw * scale) != (mh, mw):
-            want = f"{mh // scale}x{mw // scale}"
-            mismatched.append(f"{p.degraded.name} is {dh}x{dw}, {p.clean.name} is {ch}x{cw} (expected input {want})")
+            mismatched.append(f"{_short(p.degraded)} {dh}x{dw} vs {_short(p.clean)} {ch}x{cw} "
+                              f"(expected input {mh // scale}x{mw // scale})")
     problems = []
     if unreadable:
         problems.append(f"unreadable: {listing(unreadable)}")
     if mismatched:
-        problems.append(f"mismatched sizes for x{scale}: {listing(mismatched)}")
+        problems.append(f"{len(mismatched)} of {len(pairs)} pairs have sizes that do not match x{scale}: "
+                        f"{listing(mismatched, shown=5)}")
     if problems:
         raise PairingError("; ".join(problems))
