@@ -40,9 +40,11 @@ from torch import nn
 
 from ipt.core.model.config import PRESETS, ModelConfig, preset
 from ipt.core.checkpoints.official import official_name
+from ipt.core.data.throughput import add_data_arguments, bench_data, format_data
 from ipt.core.files import atomic_write_text
 
 SECTIONS = ("ceiling", "forward", "train", "restore", "memory")
+DATA = "data"  # training data pipeline (core/data/throughput.py); only when asked for with --what data
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 REFERENCE = "reference"
 OURS = "ipt"
@@ -682,7 +684,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (default: 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per variant (default: 1)")
     parser.add_argument("--what", action="append", default=None,
-                        help=f"sections to run, comma-separated: {','.join(SECTIONS)} (default: all)")
+                        help=f"sections to run, comma-separated: {','.join(SECTIONS)},{DATA} (default: all but {DATA})")
     parser.add_argument("--compare-reference", action="store_true",
                         help="also time spandrel's copy of the official IPT on the same weights (needs spandrel)")
     parser.add_argument("--full-reference-restore", action="store_true",
@@ -701,11 +703,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                         help="write one JSON object to PATH (or stdout when no PATH is given)")
+    add_data_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     args.dtype = _split_list(args.dtype, list(DTYPES), "--dtype") or ["fp32", "bf16"]
-    sections = _split_list(args.what, SECTIONS, "--what") or list(SECTIONS)
+    sections = _split_list(args.what, (*SECTIONS, DATA), "--what") or list(SECTIONS)
+    if sections == [DATA]:  # no model needed
+        return _write_report({"machine": machine_info(torch.device("cpu")), DATA: bench_data(args)}, args)
     for opt in ("batch", "repeats", "tile_batch"):
         if getattr(args, opt) < 1:
             raise ValueError(f"--{opt.replace('_', '-')} must be >= 1")
@@ -752,6 +757,9 @@ def run(args: argparse.Namespace) -> int:
     if "memory" in sections:
         report["memory"] = bench_memory(ctx)
         log(format_memory(report["memory"]))
+    if DATA in sections:
+        report[DATA] = bench_data(args)
+        log(format_data(report[DATA]))
     if args.json:
         text = json.dumps(report, indent=2)
         if args.json == "-":
@@ -759,6 +767,19 @@ def run(args: argparse.Namespace) -> int:
         else:
             path = atomic_write_text(args.json, text + "\n")
             log(f"wrote {path}")
+    return 0
+
+
+def _write_report(report: dict[str, Any], args: argparse.Namespace) -> int:
+    """The data-only run: print the table (or the JSON) like the other sections."""
+    if args.json != "-":
+        print(format_data(report[DATA]), flush=True)
+    if args.json:
+        text = json.dumps(report, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            print(f"wrote {atomic_write_text(args.json, text + chr(10))}")
     return 0
 
 
