@@ -15,14 +15,15 @@
 #   LR=2e-5            the paper's fine-tuning learning rate
 #   CROPS=4            random crops per decoded pair (--crops-per-image)
 #   EXTRA=""           more `ipt train` flags, e.g. "--mixed-precision bf16 --num-workers 4"
+#   LIMIT=""           score only the first N test images (sorted by name); empty = all 100 (the protocol)
 #
-# Short smoke run on a CPU:  STEPS=200 BATCH=8 examples/finetune_rain100l.sh TRAIN TEST /tmp/ft
+# Short smoke run on a CPU:  STEPS=200 BATCH=8 LIMIT=20 examples/finetune_rain100l.sh TRAIN TEST /tmp/ft
 # Output: OUT_DIR/before.json and after.json (`ipt eval --json`), OUT_DIR/run/ (checkpoints, log.jsonl, model/)
 # and a summary table on stdout.
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n "2,22p" "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
 TRAIN=$1
@@ -34,6 +35,9 @@ BATCH=${BATCH:-16}
 LR=${LR:-2e-5}
 CROPS=${CROPS:-4}
 EXTRA=${EXTRA:-}
+LIMIT=${LIMIT:-}
+EVAL_LIMIT=()
+if [ -n "$LIMIT" ]; then EVAL_LIMIT=(--limit "$LIMIT"); fi
 IPT=${IPT:-ipt}
 PYTHON=${PYTHON:-python}
 
@@ -44,7 +48,8 @@ mkdir -p "$OUT"
 
 echo "== before fine-tuning: $MODEL on $TEST" >&2
 # shellcheck disable=SC2086
-"$IPT" eval --task derain --model "$MODEL" --data "$TEST" --baseline --json --quiet > "$OUT/before.json"
+"$IPT" eval --task derain --model "$MODEL" --data "$TEST" --baseline --json --quiet "${EVAL_LIMIT[@]}" > "$OUT/before.json.tmp"
+mv "$OUT/before.json.tmp" "$OUT/before.json"
 
 echo "== fine-tuning on $TRAIN: $STEPS steps, batch $BATCH, lr $LR" >&2
 # shellcheck disable=SC2086
@@ -53,7 +58,8 @@ echo "== fine-tuning on $TRAIN: $STEPS steps, batch $BATCH, lr $LR" >&2
     --no-progress $EXTRA
 
 echo "== after fine-tuning: $OUT/run/model on $TEST" >&2
-"$IPT" eval --task derain --model "$OUT/run/model" --data "$TEST" --json --quiet > "$OUT/after.json"
+"$IPT" eval --task derain --model "$OUT/run/model" --data "$TEST" --json --quiet "${EVAL_LIMIT[@]}" > "$OUT/after.json.tmp"
+mv "$OUT/after.json.tmp" "$OUT/after.json"
 
 "$PYTHON" - "$OUT" <<'EOF'
 import json, sys
