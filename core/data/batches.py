@@ -86,6 +86,17 @@ class _TaskDraws:
     synthetic_ratio: float = 0.0
 
 
+class _Targets:
+    """Draws the clean target of a random stored pair (the images a paired task degrades on the fly); a class,
+    not a lambda, so that batches pickle for spawned DataLoader workers."""
+
+    def __init__(self, pool: PairPool) -> None:
+        self.pool = pool
+
+    def __call__(self, generator: torch.Generator) -> torch.Tensor:
+        return self.pool.draw(generator)[1]
+
+
 def _resolve_specs(tasks: Sequence[TaskSpec | str], schedule: TaskSchedule) -> dict[str, TaskSpec]:
     from ipt.registry import get_task
 
@@ -272,7 +283,7 @@ class TrainBatches(torch.utils.data.Dataset):
                 pairs = PairPool(td.name or t, td.pairs, self._maker.patch_size, spec.scale, self._maker.skips,
                                  self._cache, scan_limit)
                 if clean is None:
-                    clean = lambda g, pool=pairs: pool.draw(g)[1]  # noqa: E731 - the pairs' clean targets
+                    clean = _Targets(pairs)
             draws[t] = _TaskDraws(clean, pairs, td.synthetic_ratio if td.pairs is not None else 0.0)
         return draws
 
