@@ -5,11 +5,14 @@
 """
 
 from ipt.registry.hookspecs import hookimpl
+from ipt.registry.layouts import DatasetLayout, ImagePair, LayoutMatch, PairingError
 from ipt.registry.manager import get_registry
+from ipt.registry.metrics import MetricSpec
 from ipt.registry.spec import DegradeError, ExtraInput, MetricConventions, TaskFamily, TaskSpec
 
 __all__ = [
     "hookimpl", "DegradeError", "ExtraInput", "MetricConventions", "TaskFamily", "TaskSpec", "get_registry", "get_task",
+    "DatasetLayout", "ImagePair", "LayoutMatch", "PairingError", "MetricSpec",
 ]
 
 

@@ -32,9 +32,10 @@ def run_plugins(args: argparse.Namespace) -> int:
     rows = []
     for i in infos:
         tasks = ", ".join(i.tasks + i.families) or "-"
+        data = ", ".join([f"layout {n}" for n in i.layouts] + [f"metric {n}" for n in i.metrics]) or "-"
         status = "disabled" if i.disabled else (i.error or "ok")
-        rows.append([i.name, i.distribution or "?", i.version or "?", tasks, status])
-    print(_table(rows, ["plugin", "distribution", "version", "tasks", "errors"]))
+        rows.append([i.name, i.distribution or "?", i.version or "?", tasks, data, status])
+    print(_table(rows, ["plugin", "distribution", "version", "tasks", "layouts, metrics", "errors"]))
     return 1 if any(i.errors for i in infos) else 0
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import pluggy
 
 from ipt.registry.commands import Command
+from ipt.registry.layouts import DatasetLayout
+from ipt.registry.metrics import MetricSpec
 from ipt.registry.spec import TaskFamily, TaskSpec
 
 PROJECT = "ipt"
@@ -41,4 +43,21 @@ def ipt_register_commands() -> list[Command]:
 
     Called once, when the registry loads the plugins, by any ``ipt`` command line whose command is not a
     built-in one (and by ``ipt plugins``, which lists them). Built-in command names always win.
+    """
+
+
+@hookspec
+def ipt_register_dataset_layouts() -> list[DatasetLayout]:
+    """Return folder layouts (how to find and pair degraded/clean files) used by ``ipt train`` and ``ipt eval``.
+
+    Called once, when the registry loads the plugins; a layout's ``find`` is called for every ``--data`` folder
+    that is detected (see :mod:`ipt.registry.layouts`).
+    """
+
+
+@hookspec
+def ipt_register_metrics() -> list[MetricSpec]:
+    """Return image-quality metrics (name, higher-is-better, function, colour space; :mod:`ipt.registry.metrics`).
+
+    Called once, when the registry loads the plugins; a metric's ``compute`` is called per scored image.
     """

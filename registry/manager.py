@@ -26,6 +26,8 @@ from pydantic import ValidationError
 
 from ipt.registry import hookspecs
 from ipt.registry.commands import Command
+from ipt.registry.layouts import DatasetLayout
+from ipt.registry.metrics import MetricSpec
 from ipt.registry.spec import DegradeError, TaskFamily, TaskSpec
 
 DISABLE_ENV = "IPT_DISABLE_PLUGINS"
@@ -38,6 +40,10 @@ class UnknownTaskError(KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class UnknownMetricError(ValueError):
+    """A metric name that no loaded plugin provides (``ipt eval --metrics``, ``MetricConventions.report``)."""
 
 
 class PluginError(RuntimeError):
@@ -55,6 +61,8 @@ class PluginInfo:
     tasks: list[str] = field(default_factory=list)
     families: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    layouts: list[str] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     disabled: bool = False
 
@@ -76,6 +84,8 @@ class PluginInfo:
             "tasks": list(self.tasks),
             "families": list(self.families),
             "commands": list(self.commands),
+            "layouts": list(self.layouts),
+            "metrics": list(self.metrics),
             "disabled": self.disabled,
             "error": self.error,
         }
@@ -107,6 +117,8 @@ class TaskRegistry:
         self.tasks: dict[str, TaskSpec] = {}
         self.families: list[TaskFamily] = []
         self.commands: dict[str, Command] = {}
+        self.layouts: dict[str, DatasetLayout] = {}
+        self.metrics: dict[str, MetricSpec] = {}
         self._resolved: dict[str, TaskSpec] = {}
         self._checked: set[str] = set()
         self._lock = threading.RLock()
@@ -158,6 +170,8 @@ class TaskRegistry:
                 for cmd in self._call(info, impl.function, Command, "ipt_register_commands"):
                     self._add_command(info, cmd)
 
+        self._register_data_hooks(info, obj)
+
     def _check_hook_names(self, info: PluginInfo, obj: Any) -> None:
         """Report hook implementations without a hookspec (a misspelled hook), as pluggy's ``check_pending``."""
         known = [n for n in vars(self.pm.hook) if getattr(self.pm.hook, n).has_spec()]
@@ -167,6 +181,26 @@ class TaskRegistry:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else f"; the hooks are {', '.join(sorted(known))}"
             info.errors.append(f"unknown hook {name!r} (no such hook in {hookspecs.PROJECT!r}{hint})")
+
+    def _register_data_hooks(self, info: PluginInfo, obj: Any) -> None:
+        """Dataset layouts and metrics of one plugin; a name another plugin took first is reported and ignored."""
+        hooks = ((self.pm.hook.ipt_register_dataset_layouts, DatasetLayout, self.layouts, info.layouts, "layout"),
+                 (self.pm.hook.ipt_register_metrics, MetricSpec, self.metrics, info.metrics, "metric"))
+        for hook, kind, table, names, what in hooks:
+            for impl in hook.get_hookimpls():
+                if impl.plugin is not obj:
+                    continue
+                for item in self._call(info, impl.function, kind, hook.name):
+                    if item.name in table:
+                        first = table[item.name]
+                        info.errors.append(
+                            f"{what} {item.name!r} is also registered by plugin {first.plugin!r} "
+                            f"({first.distribution} {first.version}); this one ({info.distribution} {info.version}) "
+                            "is ignored"
+                        )
+                        continue
+                    table[item.name] = item.with_origin(info.name, info.distribution, info.version)
+                    names.append(item.name)
 
     def _call(self, info: PluginInfo, fn: Any, kind: type, hook: str) -> list[Any]:
         ok, result = plugin_call(info, f"{hook}()", fn)
@@ -332,6 +366,14 @@ class TaskRegistry:
             elif info.errors and (name.startswith(info.name) or not info.tasks):
                 msg += f". Broken {info.origin}: {info.error}"
         return msg
+
+    def metric(self, name: str) -> MetricSpec:
+        """The metric ``name``; :class:`UnknownMetricError` (one line listing the known metrics) if none has it."""
+        if name not in self.metrics:
+            close = difflib.get_close_matches(name, list(self.metrics), n=2, cutoff=0.6)
+            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+            raise UnknownMetricError(f"unknown metric {name!r}{hint}. Known metrics: {', '.join(self.metrics) or 'none'}")
+        return self.metrics[name]
 
     def errors(self) -> dict[str, str]:
         return {k: v.error for k, v in self.plugins.items() if v.error}

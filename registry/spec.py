@@ -38,6 +38,10 @@ class MetricConventions(BaseModel):
     crop_border: int | None = Field(
         None, ge=0, description="Pixels cropped from each border before scoring; None = the task's scale if > 1, else 0."
     )
+    report: tuple[str, ...] = Field(
+        ("psnr", "ssim"), min_length=1,
+        description="Metrics (names registered by ipt_register_metrics) that ipt eval reports by default.",
+    )
 
     def border_for(self, scale: int) -> int:
         if self.crop_border is not None:
@@ -215,6 +219,7 @@ class TaskSpec(BaseModel):
             "extra_inputs": [e.model_dump() for e in self.extra_inputs],
             "color_space": self.metrics.color_space,
             "crop_border": self.crop_border,
+            "metrics": list(self.metrics.report),
             "plugin": self.plugin,
             "distribution": self.distribution,
             "version": self.version,

@@ -106,8 +106,10 @@ def test_train_config_derived_values(tmp_path: Path) -> None:
     assert [cfg.lr_factor(s, 300, 200) for s in (0, 199, 200)] == [1.0, 1.0, 0.4]
     warm = TrainConfig(tasks=["sr2"], warmup_steps=4)
     assert warm.lr_factor(0, 100, None) == 0.25 and warm.lr_factor(3, 100, None) == 1.0
-    ep = TrainConfig(tasks=["sr2"], epochs=3, batch_size=4, lr_decay_epochs=2)
+    ep = TrainConfig(tasks=["sr2"], epochs=3, batch_size=4, lr_decay_epochs=2, crops_per_image=1)
     assert ep.steps_per_epoch(10, 1) == 3 and ep.total_steps(10, 1) == 9 and ep.decay_step(9, 10, 1) == 6
+    # The default of 4 crops per decoded image: an epoch is 4 patches per image.
+    assert TrainConfig(tasks=["sr2"], epochs=1, batch_size=4).steps_per_epoch(10, 1) == 10
     with pytest.raises(ValueError, match="not both"):
         TrainConfig(tasks=["sr2"], max_steps=3, epochs=1)
     with pytest.raises(ValueError, match="not a model directory"):

@@ -374,3 +374,29 @@ def test_unreachable_hub_dataset_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # no retries against an unreachable Hub
     with pytest.raises(ValueError, match=r"could not load dataset someuser/no-such-data \(not a local folder"):
         load_images("someuser/no-such-data")
+
+
+def test_webdataset_shards_stream_split_by_rank(tmp_path: Path) -> None:
+    import tarfile
+
+    from ipt.core.images.io import write_image
+
+    photos = tmp_path / "photos"
+    for i in range(4):
+        write_image(photos / f"s{i}.png", torch.full((3, 64, 64), 40.0 * (i + 1)))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k in range(2):
+        with tarfile.open(shards / f"shard-{k}.tar", "w") as tar:
+            for i in (2 * k, 2 * k + 1):
+                tar.add(photos / f"s{i}.png", arcname=f"s{i}.png")
+    assert len(load_images(str(shards / "shard-0.tar"), cache_dir=str(tmp_path / "hf"))) == 2  # one shard file
+    source = load_images(str(shards), streaming=True)
+    seen = []
+    for rank in range(2):
+        batches = StreamingTrainBatches(source, ["denoise30"], TaskSchedule(["denoise30"], 0), batch_size=2,
+                                        patch_size=16, rank=rank, world_size=2, steps=3, buffer_size=2,
+                                        crops_per_image=2)
+        assert batches.max_workers == 1 and batches.refresh == 1  # 2 shards over 2 ranks; 1 decode per 2 patches
+        seen.append({round(float(b["hr"].mean())) for b in batches})
+    assert seen[0] == {40, 80} and seen[1] == {120, 160}  # each rank streams its own shard only

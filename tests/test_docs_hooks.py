@@ -47,7 +47,50 @@ def _blocks(text: str, lang: str) -> list[str]:
 
 # -- hooks -------------------------------------------------------------------------------------------------------
 def test_hookspecs_are_found() -> None:
-    assert {"ipt_register_tasks", "ipt_register_task_families"} <= set(_hookspec_names())
+    assert {"ipt_register_tasks", "ipt_register_task_families", "ipt_register_dataset_layouts",
+            "ipt_register_metrics"} <= set(_hookspecs_names_checked())
+
+
+def _hookspecs_names_checked() -> list[str]:
+    names = _hookspec_names()
+    assert names == sorted(set(names))
+    return names
+
+
+def _hook_example(hook: str) -> ModuleType:
+    """The python block of a hook's section in the guide, run as a module."""
+    own = _section("Hooks").split(f"### `{hook}`", 1)[1].split("\n### ", 1)[0]
+    (code,) = _blocks(own, "python")
+    module = ModuleType(f"guide_{hook}")
+    exec(compile(code, f"docs/plugins.md ({hook})", "exec"), module.__dict__)  # noqa: S102 - our own guide
+    return module
+
+
+def test_layout_example_of_the_guide_pairs_reside_folders(tmp_path: Path) -> None:
+    import torch
+
+    from ipt.core.images.io import write_image
+
+    module = _hook_example("ipt_register_dataset_layouts")
+    registry = TaskRegistry(plugins=[("guide", module, "guide-dist", "1.0")])
+    assert registry.errors() == {} and registry.layouts["reside"].plugin == "guide"
+    for name in ("clear/0001", "clear/0002", "hazy/0001_0.8_0.2", "hazy/0001_0.9_0.1", "hazy/0002_1_0.1"):
+        write_image(tmp_path / f"{name}.png", torch.full((3, 8, 8), 90.0 + len(name)))
+    match = registry.layouts["reside"].find(tmp_path, None)
+    assert [(p.degraded.stem, p.clean.stem) for p in match.pairs] == [
+        ("0001_0.8_0.2", "0001"), ("0001_0.9_0.1", "0001"), ("0002_1_0.1", "0002")]
+    assert registry.layouts["reside"].find(tmp_path / "clear", None) is None
+
+
+def test_metric_example_of_the_guide_registers_and_computes() -> None:
+    import torch
+
+    module = _hook_example("ipt_register_metrics")
+    registry = TaskRegistry(plugins=[("guide", module, "guide-dist", "1.0")])
+    assert registry.errors() == {}
+    metric = registry.metric("mae")
+    assert metric.higher_is_better is False and metric.color_space == "rgb"
+    assert metric.compute(torch.full((3, 4, 4), 10.0), torch.full((3, 4, 4), 13.0)) == 3.0
 
 
 @pytest.mark.parametrize("hook", _hookspec_names())

@@ -293,3 +293,45 @@ def test_restore_dehaze(dehaze_env: PluginEnv, dehaze_model: Path, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     with Image.open(out_dir / "photo0.png") as restored:
         assert restored.size == (70, 50) and restored.mode == "RGB"
+
+
+def _reside(root: Path) -> Path:
+    """A RESIDE-style folder: clear/0001.png, clear/0002.png and three hazy renderings (two of 0001)."""
+    clear = _photos(root / "clear", [(64, 64), (64, 64)])
+    for i, path in enumerate(clear):
+        path.rename(root / "clear" / f"000{i + 1}.png")
+    (root / "hazy").mkdir()
+    for name, clear_id, fog in (("0001_0.8_0.2", 1, 60), ("0001_0.9_0.1", 1, 90), ("0002_0.8_0.2", 2, 70)):
+        img = np.asarray(Image.open(root / "clear" / f"000{clear_id}.png"), dtype=np.float64)
+        Image.fromarray(((img * (255 - fog) + 230 * fog) / 255).round().astype(np.uint8)).save(root / "hazy" / f"{name}.png")
+    return root
+
+
+def test_reside_layout_and_ciede2000_in_eval(dehaze_env: PluginEnv, dehaze_model: Path, tmp_path: Path) -> None:
+    data = _reside(tmp_path / "reside")
+    proc = dehaze_env.ipt("eval", "--task", "dehaze", "--model", str(dehaze_model), "--data", str(data), "--json",
+                          "--baseline", "--metrics", "psnr,ciede2000,psnr_b")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert "RESIDE" in out["layout"] and out["n"] == 3
+    assert sorted(out["per_image"]) == ["0001_0.8_0.2", "0001_0.9_0.1", "0002_0.8_0.2"]
+    assert set(out["metrics"]) == {"psnr", "ciede2000", "psnr_b"}
+    assert out["metric_info"]["ciede2000"]["higher_is_better"] is False
+    assert out["metric_info"]["ciede2000"]["plugin"] == "dehaze"
+    base = out["baseline"]["per_image"]
+    # More fog, larger colour difference and lower PSNR of the hazy input itself.
+    assert base["0001_0.9_0.1"]["metrics"]["ciede2000"] > base["0001_0.8_0.2"]["metrics"]["ciede2000"] > 0
+    assert base["0001_0.9_0.1"]["psnr_rgb"] < base["0001_0.8_0.2"]["psnr_rgb"]
+
+
+def test_reside_layout_in_training(dehaze_env: PluginEnv, tmp_path: Path) -> None:
+    data = _reside(tmp_path / "reside")
+    run = tmp_path / "run"
+    proc = dehaze_env.ipt("train", "--tasks", "dehaze", "--data", str(data), "--preset", "tiny", "--max-steps", "1",
+                          "--batch-size", "2", "--val-every", "0", "--no-progress", "--output-dir", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dehaze: 3 pairs (reside" in proc.stderr
+    training = json.loads((run / "model" / "config.json").read_text())["training"]
+    assert training["data"]["tasks"]["dehaze"]["layout"] == "reside"
+    assert training["data"]["tasks"]["dehaze"]["pairs"] == 3
+    assert training["data"]["tasks"]["dehaze"]["clean_images"] == 2

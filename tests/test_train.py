@@ -230,6 +230,10 @@ def test_ipt_train_cli_with_example_config(tmp_path: Path) -> None:
     val = [r for r in records(run) if r.get("validation")]
     assert len(val) == 1 and set(val[0]["psnr"]) == set(six)
     assert all(5 < v < 60 for v in val[0]["psnr"].values())
+    # The tasks' own metrics (MetricConventions.report: psnr, ssim) are logged too; psnr is the same PSNR.
+    assert set(val[0]["metrics"]) == set(six) and all(set(m) == {"psnr", "ssim"} for m in val[0]["metrics"].values())
+    assert all(abs(val[0]["metrics"][t]["psnr"] - val[0]["psnr"][t]) < 1e-6 for t in six)
+    assert all(-1 <= m["ssim"] <= 1 for m in val[0]["metrics"].values())
 
 
 def test_two_processes_same_task_every_step(tmp_path: Path) -> None:

@@ -40,11 +40,13 @@ from torch import nn
 
 from ipt.core.model.config import PRESETS, ModelConfig, preset
 from ipt.core.checkpoints.official import build_reference
+from ipt.core.data.throughput import add_data_arguments, bench_data, format_data
 from ipt.core.files import atomic_write_text
 from ipt.core.images.photos import sized_photo
 from ipt.core.inference.tiling import BORDER
 
 SECTIONS = ("ceiling", "forward", "train", "restore", "memory", "onnx")  # onnx: only when asked
+DATA = "data"  # training data pipeline (core/data/throughput.py); only when asked for with --what data
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 REFERENCE = "reference"
 OURS = "ipt"
@@ -598,7 +600,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (default: 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls per variant (default: 1)")
     parser.add_argument("--what", action="append", default=None,
-                        help=f"sections to run, comma-separated: {','.join(SECTIONS)} (default: all but onnx)")
+                        help=f"sections to run, comma-separated: {','.join(SECTIONS)},{DATA} "
+                             f"(default: all but onnx and {DATA})")
     parser.add_argument("--compare-reference", action="store_true",
                         help="also time spandrel's copy of the official IPT on the same weights (needs spandrel)")
     parser.add_argument("--full-reference-restore", action="store_true",
@@ -617,11 +620,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                         help="write one JSON object to PATH (or stdout when no PATH is given)")
+    add_data_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     args.dtype = _split_list(args.dtype, list(DTYPES), "--dtype") or ["fp32", "bf16"]
-    sections = _split_list(args.what, SECTIONS, "--what") or [s for s in SECTIONS if s != "onnx"]
+    sections = _split_list(args.what, (*SECTIONS, DATA), "--what") or [s for s in SECTIONS if s != "onnx"]
+    if sections == [DATA]:  # no model needed
+        return _write_report({"machine": machine_info(torch.device("cpu")), DATA: bench_data(args)}, args)
     for opt in ("batch", "repeats", "tile_batch"):
         if getattr(args, opt) < 1:
             raise ValueError(f"--{opt.replace('_', '-')} must be >= 1")
@@ -673,6 +679,9 @@ def run(args: argparse.Namespace) -> int:
 
         report["onnx"] = bench_onnx(ctx)
         log(format_onnx(report["onnx"]))
+    if DATA in sections:
+        report[DATA] = bench_data(args)
+        log(format_data(report[DATA]))
     if args.json:
         text = json.dumps(report, indent=2)
         if args.json == "-":
@@ -680,6 +689,19 @@ def run(args: argparse.Namespace) -> int:
         else:
             path = atomic_write_text(args.json, text + "\n")
             log(f"wrote {path}")
+    return 0
+
+
+def _write_report(report: dict[str, Any], args: argparse.Namespace) -> int:
+    """The data-only run: print the table (or the JSON) like the other sections."""
+    if args.json != "-":
+        print(format_data(report[DATA]), flush=True)
+    if args.json:
+        text = json.dumps(report, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            print(f"wrote {atomic_write_text(args.json, text + chr(10))}")
     return 0
 
 

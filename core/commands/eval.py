@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of on-the-fly degradations (default: 0)")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="score only the first N images")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--metrics", metavar="A,B,...", default=None,
+                        help="metrics to report, e.g. psnr,ssim,psnr_b (`ipt plugins` lists them; default: the "
+                             "task's own list). PSNR-Y, SSIM-Y and PSNR-RGB are always reported")
     add_model_arguments(parser, InferenceOptions, config_flag=False)
 
 
@@ -52,11 +55,20 @@ def _fmt(v: float, digits: int) -> str:
 _COL = 10
 
 
-def _row(name: str, s: Any, b: Any, width: int) -> str:
-    """One table row; ``s``/``b`` have ``psnr_y``, ``ssim_y``, ``psnr_rgb`` (b may be None)."""
+_FIXED = ("PSNR-Y", "SSIM-Y", "PSNR-RGB")
+
+
+def _extra_columns(result: EvalResult) -> dict[str, str]:
+    """Selected metrics shown after the fixed columns: ``name -> header``, skipping those equal to a fixed one."""
+    return {n: info["column"] for n, info in result.metric_info.items() if info["column"] not in _FIXED}
+
+
+def _row(name: str, s: Any, b: Any, width: int, extra: dict[str, str]) -> str:
+    """One table row; ``s``/``b`` have ``psnr_y``, ``ssim_y``, ``psnr_rgb`` and ``metrics`` (b may be None)."""
     cells = [f"{name:<{width}}"]
     for m in (s, b) if b is not None else (s,):
         cells += [f"{_fmt(m.psnr_y, 2):>{_COL}}", f"{_fmt(m.ssim_y, 4):>{_COL}}", f"{_fmt(m.psnr_rgb, 2):>{_COL}}"]
+        cells += [f"{_fmt(m.metrics[k], 2 if abs(m.metrics[k]) >= 2 else 4):>{_COL}}" for k in extra]
     return "  ".join(cells)
 
 
@@ -64,10 +76,11 @@ def format_table(result: EvalResult) -> str:
     """The per-image table and the mean, as ``ipt eval`` prints it."""
     width = max([4, *(len(n) + 1 for n in result.per_image)])
     base = result.baseline
-    head = [f"{'image':<{width}}"] + [f"{h:>{_COL}}" for h in ("PSNR-Y", "SSIM-Y", "PSNR-RGB")]
+    extra = _extra_columns(result)
+    head = [f"{'image':<{width}}"] + [f"{h:>{_COL}}" for h in (*_FIXED, *extra.values())]
     if base is not None:
         tag = "bic" if base.method.startswith("bicubic") else "input"
-        head += [f"{h:>{_COL}}" for h in (f"{tag} Y", f"{tag} SSIM", f"{tag} RGB")]
+        head += [f"{h:>{_COL}}" for h in (f"{tag} Y", f"{tag} SSIM", f"{tag} RGB", *(f"{tag} {c}" for c in extra.values()))]
     lines = [
         f"task {result.task}  data {result.data}  ({result.layout})",
         f"protocol {result.protocol}  convention {result.convention}  {result.tiles} tiles  {result.seconds:.1f} s",
@@ -75,8 +88,8 @@ def format_table(result: EvalResult) -> str:
     ]
     for name, s in result.per_image.items():
         shown = f"{name}*" if s.grey else name
-        lines.append(_row(shown, s, base.per_image[name] if base is not None else None, width))
-    lines.append(_row("mean", result, base, width) + f"   (n={result.n})")
+        lines.append(_row(shown, s, base.per_image[name] if base is not None else None, width, extra))
+    lines.append(_row("mean", result, base, width, extra) + f"   (n={result.n})")
     if result.grey_images:
         lines.append(f"{result.grey_images} of {result.n} images are grey (marked *): degraded on one plane, "
                      "outputs made grey (channel mean) before scoring")
@@ -106,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(
         model, args.task, data, baseline=args.baseline, seed=args.seed, limit=args.limit,
         save_dir=args.save_dir, options=options, progress=not args.quiet, convention=args.convention,
+        metrics=[m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None,
     )
     print(result.model_dump_json() if args.json else format_table(result))
     return 0

@@ -4,7 +4,8 @@ One item of :class:`TrainBatches` is the whole batch of one optimizer step, and 
 ``(seed, step, rank)``: the step's task comes from the :class:`~ipt.core.task_schedule.TaskSchedule`, and a
 ``torch.Generator`` seeded from ``(seed, step, rank)`` draws the images, crops, flips and the degradation noise.
 So any number of DataLoader workers yields the same batches, resuming at step ``k`` is exact, and every rank trains
-the same task on different crops.  The trainer iterates it with::
+the same task on different crops (crops and pairs: :mod:`.crops`; decoded images: :mod:`.pools`). The trainer
+iterates it with::
 
     DataLoader(batches, batch_size=None, sampler=range(start_step, max_steps), num_workers=n)
 
@@ -16,18 +17,21 @@ skipped and counted, never a crash deep inside ``datasets``.  Skips are logged o
 from __future__ import annotations
 
 import logging
-from collections import Counter, OrderedDict
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ipt.core.images.decode import UnreadableImage, decode_record, read_pixels, to_rgb_tensor
-from ipt.core.data.sources import ImageSource, as_source, load_images
-from ipt.core.data.seeding import derive_seed, text_seed
+from ipt.core.data.crops import color_augment, paired_crop, randint, random_crop
+from ipt.core.data.pools import TOO_SMALL, ImagePool, PairPool, PixelCache, SkipLog
 from ipt.core.data.schedule import TaskSchedule
-from ipt.registry import TaskSpec
+from ipt.core.data.seeding import derive_seed, text_seed
+from ipt.core.data.sources import ImageSource, as_source, load_images
+from ipt.core.images.decode import UnreadableImage, decode_record, read_pixels, to_rgb_tensor
+from ipt.registry import ImagePair, TaskSpec
 
 __all__ = [
     # re-exported: the data API in one place
@@ -38,6 +42,7 @@ __all__ = [
     "UnreadableImage",
     # defined here
     "SCAN_LIMIT",
+    "TaskData",
     "TrainBatches",
     "StreamingTrainBatches",
     "validation_pairs",
@@ -47,35 +52,49 @@ log = logging.getLogger("ipt.data")
 
 # Sources with more images than this are checked lazily while training instead of all at construction.
 SCAN_LIMIT = 5000
-TOO_SMALL = "too_small"  # skip reason, beside image_decode's "corrupt" and "unsupported_mode"
 
 
 # ------------------------------------------------------------------------------------------------ batch making
 
 
-class _PixelCache:
-    """Decoded images by index, least recently used dropped first once ``max_bytes`` is exceeded."""
+@dataclass
+class TaskData:
+    """Where one task's patches come from (``None`` fields: the default source of :class:`TrainBatches`).
 
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-        self._items: OrderedDict[int, torch.Tensor] = OrderedDict()
+    ``images``: clean images degraded on the fly by the task's ``degrade``. ``pairs``: stored ``(input, target)``
+    pairs (a paired layout of :mod:`ipt.core.data.pairing`), cropped in alignment. With pairs,
+    ``synthetic_ratio`` is the probability that a patch is made on the fly instead, from ``images`` when given,
+    else from the pairs' clean targets.
+    """
 
-    def get(self, key: int) -> torch.Tensor | None:
-        item = self._items.get(key)
-        if item is not None:
-            self._items.move_to_end(key)
-        return item
+    images: ImageSource | None = None
+    pairs: list[ImagePair] | None = None
+    synthetic_ratio: float = 0.0
+    name: str = ""
 
-    def put(self, key: int, pixels: torch.Tensor) -> None:
-        size = pixels.numel() * pixels.element_size()
-        if size > self.max_bytes:
-            return
-        self._items[key] = pixels
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, old = self._items.popitem(last=False)
-            self.nbytes -= old.numel() * old.element_size()
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.synthetic_ratio <= 1.0:
+            raise ValueError(f"synthetic ratio must be in [0, 1], got {self.synthetic_ratio}")
+
+
+@dataclass
+class _TaskDraws:
+    """One task's draw functions: ``clean(generator) -> (3,H,W)``, ``pairs.draw(generator) -> (input, target)``."""
+
+    clean: Callable[[torch.Generator], torch.Tensor] | None
+    pairs: PairPool | None = None
+    synthetic_ratio: float = 0.0
+
+
+class _Targets:
+    """Draws the clean target of a random stored pair (the images a paired task degrades on the fly); a class,
+    not a lambda, so that batches pickle for spawned DataLoader workers."""
+
+    def __init__(self, pool: PairPool) -> None:
+        self.pool = pool
+
+    def __call__(self, generator: torch.Generator) -> torch.Tensor:
+        return self.pool.draw(generator)[1]
 
 
 def _resolve_specs(tasks: Sequence[TaskSpec | str], schedule: TaskSchedule) -> dict[str, TaskSpec]:
@@ -91,40 +110,29 @@ def _resolve_specs(tasks: Sequence[TaskSpec | str], schedule: TaskSchedule) -> d
     return specs
 
 
-def _randint(high: int, generator: torch.Generator) -> int:
-    return int(torch.randint(high, (1,), generator=generator))
-
-
-def _random_crop(
-    pixels: torch.Tensor, size: int, align: int, generator: torch.Generator, augment: bool
-) -> torch.Tensor:
-    """A ``size x size`` float crop at a position on the ``align`` grid, randomly flipped/rotated if ``augment``.
-
-    Aligning to the SR scale keeps the crop on the same pixel grid as a downscale of the whole image.
-    """
-    h, w = pixels.shape[-2:]
-    y = align * _randint((h - size) // align + 1, generator)
-    x = align * _randint((w - size) // align + 1, generator)
-    crop = pixels[:, y : y + size, x : x + size]
-    if augment:
-        k = _randint(8, generator)  # the 8 symmetries of the square (official IPT: hflip, vflip, transpose)
-        if k & 4:
-            crop = crop.flip(-1)
-        crop = torch.rot90(crop, k & 3, dims=(-2, -1))
-    return crop.float()
-
-
-def _check_sizes(batch_size: int, patch_size: int, rank: int, world_size: int) -> None:
+def _check_sizes(batch_size: int, patch_size: int, rank: int, world_size: int, crops_per_image: int) -> None:
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     if patch_size < 1:
         raise ValueError(f"patch size must be >= 1, got {patch_size}")
+    if crops_per_image < 1:
+        raise ValueError(f"crops per image must be >= 1, got {crops_per_image}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
 
 
+def _crops(draw: Callable[[torch.Generator], Any], n: int, per_item: int, crop: Callable[[Any, torch.Generator], Any],
+           generator: torch.Generator) -> list[Any]:
+    """``n`` crops, ``per_item`` from each drawn item (one decode feeds several patches)."""
+    out: list[Any] = []
+    while len(out) < n:
+        item = draw(generator)
+        out.extend(crop(item, generator) for _ in range(min(per_item, n - len(out))))
+    return out
+
+
 class _BatchMaker:
-    """What map-style and streaming batches share: task lookup, seeding, crops and degradation."""
+    """What map-style and streaming batches share: task lookup, seeding, crops, colour and degradation."""
 
     def __init__(
         self,
@@ -137,8 +145,10 @@ class _BatchMaker:
         world_size: int,
         augment: bool,
         steps: int,
+        crops_per_image: int = 1,
+        color_augment: bool = False,
     ) -> None:
-        _check_sizes(batch_size, patch_size, rank, world_size)
+        _check_sizes(batch_size, patch_size, rank, world_size, crops_per_image)
         self.specs = _resolve_specs(tasks, schedule)
         self.schedule = schedule
         self.batch_size = batch_size
@@ -148,56 +158,66 @@ class _BatchMaker:
         self.world_size = world_size
         self.augment = augment
         self.steps = steps
+        self.crops_per_image = crops_per_image
+        self.color_augment = color_augment
         # Every training image must fit the largest HR crop any scheduled task asks for.
         self.min_side = patch_size * max(self.specs[t].scale for t in schedule.tasks)
-        self.skipped: Counter[str] = Counter()
-        self.bad: list[tuple[str, str]] = []
-        self._logged: set[str] = set()
+        self.skips = SkipLog()
 
     def generator(self, step: int) -> torch.Generator:
         return torch.Generator().manual_seed(derive_seed(self.seed, step, self.rank))
 
-    def skip(self, where: str, reason: str, detail: str) -> None:
-        self.skipped[reason] += 1
-        if where not in self._logged:  # once per file, however often it is drawn
-            self._logged.add(where)
-            self.bad.append((where, detail))
-            log.warning("skipping image %s: %s", where, detail)
-
-    def check(self, pixels: torch.Tensor, where: str) -> bool:
-        h, w = pixels.shape[-2:]
-        if min(h, w) < self.min_side:
-            self.skip(where, TOO_SMALL, f"{w}x{h} px is smaller than the {self.min_side}x{self.min_side} crop")
-            return False
-        return True
-
-    def make(self, step: int, draw: Any, generator: torch.Generator) -> dict[str, Any]:
-        """The batch of ``step``; ``draw(generator)`` returns the pixels of one randomly chosen image."""
-        task = self.schedule.task_at(step)
-        spec = self.specs[task]
-        size = self.patch_size * spec.scale
-        hr = torch.stack(
-            [_random_crop(draw(generator), size, spec.scale, generator, self.augment) for _ in range(self.batch_size)]
-        )
+    def _synthetic(self, spec: TaskSpec, draw: Callable, n: int, generator: torch.Generator) -> tuple[Any, Any]:
+        size, s = self.patch_size * spec.scale, spec.scale
+        crop = lambda pixels, g: random_crop(pixels, size, s, g, self.augment)  # noqa: E731
+        hr = torch.stack(_crops(draw, n, self.crops_per_image, crop, generator))
+        if self.color_augment:
+            hr, _ = color_augment(hr, generator)
         with torch.no_grad():  # TaskSpec.degrade passes a copy of hr and checks the shape, naming the plugin
             lr = spec.degrade(hr, generator)
-        return {"step": step, "task": task, "lr": lr.float().contiguous(), "hr": hr.contiguous()}
+        expected = (n, 3, self.patch_size, self.patch_size)
+        if tuple(lr.shape) != expected:
+            raise ValueError(f"task {spec.name!r}: degrade returned shape {tuple(lr.shape)}, expected {expected}")
+        return lr.float(), hr
 
-    def log_summary(self, name: str, total: int | str) -> None:
-        if self.skipped:
-            counts = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
-            log.warning("dataset %s: skipped %d of %s images (%s)", name, sum(self.skipped.values()), total, counts)
+    def _paired(self, spec: TaskSpec, pool: PairPool, n: int, generator: torch.Generator) -> tuple[Any, Any]:
+        crop = lambda item, g: paired_crop(*item, self.patch_size, spec.scale, g, self.augment)  # noqa: E731
+        lrs, hrs = zip(*_crops(pool.draw, n, self.crops_per_image, crop, generator))
+        lr, hr = torch.stack(lrs), torch.stack(hrs)
+        if self.color_augment:
+            hr, (lr,) = color_augment(hr, generator, saturation=False, others=[lr])
+        return lr, hr
+
+    def make(self, step: int, draws: _TaskDraws, generator: torch.Generator) -> dict[str, Any]:
+        """The batch of ``step`` from the scheduled task's ``draws`` (synthetic patches first, then stored pairs)."""
+        task = self.schedule.task_at(step)
+        spec = self.specs[task]
+        n = self.batch_size
+        if draws.pairs is None:
+            n_syn = n
+        elif draws.synthetic_ratio <= 0:
+            n_syn = 0
+        else:
+            n_syn = int((torch.rand(n, generator=generator, dtype=torch.float64) < draws.synthetic_ratio).sum())
+        parts = []
+        if n_syn:
+            parts.append(self._synthetic(spec, draws.clean, n_syn, generator))
+        if n - n_syn:
+            parts.append(self._paired(spec, draws.pairs, n - n_syn, generator))
+        lr, hr = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*parts))
+        return {"step": step, "task": task, "lr": lr.contiguous(), "hr": hr.contiguous()}
 
 
 class TrainBatches(torch.utils.data.Dataset):
     """Map-style training batches: item ``step`` = ``dict(step, task, lr (B,3,P,P), hr (B,3,P*s,P*s))``.
 
     Everything in an item is drawn from a generator seeded with ``(seed, step, rank)``, so items do not depend
-    on the number of workers or on what was read before.  Sources with up to :data:`SCAN_LIMIT` images are
-    scanned at construction (each image decoded once; corrupt, unconvertible and too small ones are skipped and
-    counted in ``skipped``/``bad``); larger ones are checked lazily, a bad image making the draw resample another
-    index (then the counts are per worker process).  Decoded images stay in an LRU cache of ``cache_bytes``
-    (filled by the scan before workers fork, so workers share it).
+    on the number of workers or on what was read before. ``source`` gives the clean images of every task that
+    ``task_data`` does not name; a task of ``task_data`` trains on its own images or stored pairs
+    (:class:`TaskData`). ``crops_per_image`` crops are cut from each drawn image (or pair), so one decode feeds
+    several patches. ``color_augment`` recolours clean patches before degradation (:data:`COLOR_AUGMENT`; stored
+    pairs get only the channel permutation, applied to input and target alike). Images are decoded and checked
+    by :mod:`ipt.core.data.pools` (skips counted in ``skipped``/``bad``; cache of ``cache_bytes`` shared by all).
     """
 
     def __init__(
@@ -214,82 +234,73 @@ class TrainBatches(torch.utils.data.Dataset):
         steps: int = 10**9,
         cache_bytes: int = 2 << 30,
         scan_limit: int = SCAN_LIMIT,
+        task_data: dict[str, TaskData] | None = None,
+        crops_per_image: int = 1,
+        color_augment: bool = False,
     ) -> None:
-        self.source = as_source(source)
-        if self.source.streaming:
-            raise ValueError(f"dataset {self.source.name} is streaming: use StreamingTrainBatches")
-        self._maker = _BatchMaker(tasks, schedule, batch_size, patch_size, seed, rank, world_size, augment, steps)
+        self._maker = _BatchMaker(tasks, schedule, batch_size, patch_size, seed, rank, world_size, augment, steps,
+                                  crops_per_image, color_augment)
         self.steps = steps
-        self._cache = _PixelCache(cache_bytes)
-        self._count = len(self.source)
-        self._valid: list[int] | None = None
-        if self._count <= scan_limit:
-            self.scan()
+        task_data = dict(task_data or {})
+        unknown = sorted(set(task_data) - set(schedule.tasks))
+        if unknown:
+            raise ValueError(f"data given for tasks that are not trained: {', '.join(unknown)}")
+        defaults = [t for t in schedule.tasks if t not in task_data or task_data[t].images is task_data[t].pairs is None]
+        self.source = as_source(source) if defaults or source is not None else None
+        if self.source is not None and self.source.streaming:
+            raise ValueError(f"dataset {self.source.name} is streaming: use StreamingTrainBatches")
+        self._cache = PixelCache(cache_bytes)
+        self._draws = self._build_draws(task_data, scan_limit)
+
+    def _image_pool(self, source: ImageSource, tasks: list[str], pools: dict[int, ImagePool], scan_limit: int) -> ImagePool:
+        if id(source) not in pools:
+            users = [t for t in self._maker.schedule.tasks if t in tasks]
+            min_side = self._maker.patch_size * max(self._maker.specs[t].scale for t in users)
+            pools[id(source)] = ImagePool(source, min_side, self._maker.skips, self._cache, scan_limit)
+        return pools[id(source)]
+
+    def _build_draws(self, task_data: dict[str, TaskData], scan_limit: int) -> dict[str, _TaskDraws]:
+        """One :class:`_TaskDraws` per task; tasks that share a source share its pool (decoded once)."""
+        tasks = list(self._maker.schedule.tasks)
+        image_users: dict[int, list[str]] = {}
+        sources: dict[str, ImageSource] = {}
+        for t in tasks:
+            td = task_data.get(t, TaskData())
+            src = td.images if td.images is not None else (self.source if td.pairs is None else None)
+            if src is not None:
+                sources[t] = src
+                image_users.setdefault(id(src), []).append(t)
+        image_pools: dict[int, ImagePool] = {}
+        draws: dict[str, _TaskDraws] = {}
+        for t in tasks:
+            td = task_data.get(t, TaskData())
+            clean = None
+            if t in sources:
+                clean = self._image_pool(sources[t], image_users[id(sources[t])], image_pools, scan_limit).draw
+            pairs = None
+            if td.pairs is not None:
+                spec = self._maker.specs[t]
+                pairs = PairPool(td.name or t, td.pairs, self._maker.patch_size, spec.scale, self._maker.skips,
+                                 self._cache, scan_limit)
+                if clean is None:
+                    clean = _Targets(pairs)
+            draws[t] = _TaskDraws(clean, pairs, td.synthetic_ratio if td.pairs is not None else 0.0)
+        return draws
 
     @property
     def skipped(self) -> Counter[str]:
         """Images skipped so far, by reason (``corrupt``, ``unsupported_mode``, ``too_small``)."""
-        return self._maker.skipped
+        return self._maker.skips.skipped
 
     @property
     def bad(self) -> list[tuple[str, str]]:
         """``(path, what is wrong)`` of every skipped image, once each."""
-        return self._maker.bad
+        return self._maker.skips.bad
 
     @property
     def min_side(self) -> int:
         """The smallest usable image side: the patch size times the largest scheduled scale."""
         return self._maker.min_side
-
-    def scan(self) -> None:
-        """Decode every image once: cache the good ones, count and log the rest; fail if none is usable."""
-        valid = []
-        for index in range(self._count):
-            pixels = self._load(index)
-            if pixels is not None:
-                valid.append(index)
-                self._cache.put(index, pixels)
-        self._maker.log_summary(self.source.name, self._count)
-        if not valid:
-            raise ValueError(
-                f"dataset {self.source.name}: none of its {self._count} images is usable "
-                f"({dict(self.skipped)}); training needs images of at least {self.min_side}x{self.min_side} px"
-            )
-        self._valid = valid
-
-    def _load(self, index: int) -> torch.Tensor | None:
-        record = self.source.record(index)
-        where = self.source.describe(record, index)
-        try:
-            pixels = read_pixels(record)
-        except UnreadableImage as exc:
-            self._maker.skip(where, exc.reason, exc.detail)
-            return None
-        return pixels if self._maker.check(pixels, where) else None
-
-    def _pixels(self, index: int) -> torch.Tensor | None:
-        pixels = self._cache.get(index)
-        if pixels is None:
-            pixels = self._load(index)
-            if pixels is not None:
-                self._cache.put(index, pixels)
-        return pixels
-
-    def _draw(self, generator: torch.Generator) -> torch.Tensor:
-        if self._valid is not None:
-            index = self._valid[_randint(len(self._valid), generator)]
-            pixels = self._pixels(index)
-            if pixels is None:  # pragma: no cover - the file changed on disk after the scan
-                raise ValueError(f"dataset {self.source.name}: image {index} became unreadable during training")
-            return pixels
-        for _attempt in range(100):
-            pixels = self._pixels(_randint(self._count, generator))
-            if pixels is not None:
-                return pixels
-        raise ValueError(
-            f"dataset {self.source.name}: 100 images drawn in a row were unusable ({dict(self.skipped)}); "
-            "check the data"
-        )
 
     def __len__(self) -> int:
         return self.steps
@@ -298,7 +309,8 @@ class TrainBatches(torch.utils.data.Dataset):
         step = int(step)
         if not 0 <= step < self.steps:
             raise IndexError(f"step {step} outside 0..{self.steps - 1}")
-        return self._maker.make(step, self._draw, self._maker.generator(step))
+        draws = self._draws[self._maker.schedule.task_at(step)]
+        return self._maker.make(step, draws, self._maker.generator(step))
 
 
 class StreamingTrainBatches(torch.utils.data.IterableDataset):
@@ -331,6 +343,8 @@ class StreamingTrainBatches(torch.utils.data.IterableDataset):
         buffer_size: int = 64,
         refresh: int | None = None,
         start_step: int = 0,
+        crops_per_image: int = 1,
+        color_augment: bool = False,
     ) -> None:
         from datasets.distributed import split_dataset_by_node
 
@@ -339,21 +353,23 @@ class StreamingTrainBatches(torch.utils.data.IterableDataset):
         if buffer_size < 1:
             raise ValueError(f"buffer size must be >= 1, got {buffer_size}")
         self.source = source
-        self._maker = _BatchMaker(tasks, schedule, batch_size, patch_size, seed, rank, world_size, augment, steps)
+        self._maker = _BatchMaker(tasks, schedule, batch_size, patch_size, seed, rank, world_size, augment, steps,
+                                  crops_per_image, color_augment)
         self.stream = split_dataset_by_node(source.dataset, rank=rank, world_size=world_size)
         self.steps = steps
         self.buffer_size = buffer_size
-        self.refresh = batch_size if refresh is None else refresh
+        # One fresh image per crops_per_image patches (the same decode budget per patch as map-style batches).
+        self.refresh = -(-batch_size // crops_per_image) if refresh is None else refresh
         self.start_step = start_step
 
     @property
     def skipped(self) -> Counter[str]:
         """Images skipped so far by this process, by reason."""
-        return self._maker.skipped
+        return self._maker.skips.skipped
 
     @property
     def bad(self) -> list[tuple[str, str]]:
-        return self._maker.bad
+        return self._maker.skips.bad
 
     @property
     def max_workers(self) -> int:
@@ -378,9 +394,13 @@ class StreamingTrainBatches(torch.utils.data.IterableDataset):
                 try:
                     pixels = read_pixels(record)
                 except UnreadableImage as exc:
-                    self._maker.skip(where, exc.reason, exc.detail)
+                    self._maker.skips.skip(where, exc.reason, exc.detail)
                     continue
-                if self._maker.check(pixels, where):
+                h, w = pixels.shape[-2:]
+                if min(h, w) < self._maker.min_side:
+                    self._maker.skips.skip(where, TOO_SMALL, f"{w}x{h} px is smaller than the "
+                                           f"{self._maker.min_side}x{self._maker.min_side} crop")
+                else:
                     usable += 1
                     yield pixels
             if seen == 0:
@@ -406,9 +426,10 @@ class StreamingTrainBatches(torch.utils.data.IterableDataset):
         buffer = [next(images) for _ in range(self.buffer_size)]
         for step in range(self.start_step + worker, self.steps, workers):
             generator = self._maker.generator(step)
-            yield self._maker.make(step, lambda g: buffer[_randint(len(buffer), g)], generator)
+            draws = _TaskDraws(clean=lambda g: buffer[randint(len(buffer), g)])
+            yield self._maker.make(step, draws, generator)
             for _ in range(self.refresh):
-                buffer[_randint(len(buffer), generator)] = next(images)
+                buffer[randint(len(buffer), generator)] = next(images)
 
 
 # -------------------------------------------------------------------------------------------------- validation

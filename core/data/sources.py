@@ -27,6 +27,7 @@ _FILE_BUILDERS = {
     ".json": "json",
     ".jsonl": "json",
     ".arrow": "arrow",
+    ".tar": "webdataset",  # webdataset shards: one sample per file stem, images as jpg/png/... columns
 }
 _HOLDOUT_SPLITS = ("validation", "test")
 
@@ -158,7 +159,8 @@ def load_images(
     * ``data=None``: the built-in photos (:mod:`ipt.core.images.photos`): all but the held-out ones, or with
       ``holdout=True`` the held-out ones.
     * a local folder of images: ``datasets``' ``imagefolder`` (no split subfolders -> everything is ``train``);
-      a local folder/file of csv/parquet/json/arrow data: the matching packaged builder;
+      a local folder/file of csv/parquet/json/arrow data or of webdataset ``.tar`` shards: the matching packaged
+      builder (with ``streaming=True`` the shards are split by node and DataLoader worker);
     * anything else: a HuggingFace Hub dataset name, ``load_dataset(data, split=split, streaming=streaming)``.
 
     ``holdout=True`` with ``data`` picks the dataset's ``validation`` (else ``test``) split instead of ``split``.

@@ -3,7 +3,7 @@
     ipt eval --task sr2 --model MODEL_DIR --data benchmark/Set5 [--baseline] [--json] [--protocol official]
              [--convention official-python|matlab]
 
-Folder layouts are detected by :mod:`ipt.core.evaluation.pairing` (EDSR/Set5 ``HR/`` + ``LR_bicubic/X{s}/``, paired
+Folder layouts are detected by :mod:`ipt.core.data.pairing` (EDSR/Set5 ``HR/`` + ``LR_bicubic/X{s}/``, paired
 subfolders, Rain100L ``rain-*``/``norain-*``, or a folder of clean images degraded on the fly by the task's plugin
 with a seed derived from ``--seed`` and the file name). SR clean images are cropped to a multiple of the scale.
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
@@ -33,16 +33,27 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-from ipt.core.evaluation.metrics import DEFAULT_CONVENTION, Convention, psnr, scored_channel, ssim
+from ipt.core.data.pairing import ImagePair, check_sizes, detect_layout
+from ipt.core.evaluation.metrics import (
+    DEFAULT_CONVENTION,
+    Convention,
+    MetricError,
+    metric_specs,
+    metric_values,
+    psnr,
+    score,
+    scored_channel,
+    ssim,
+)
 from ipt.core.files import check_not_inputs
-from ipt.core.images.resize import MATLAB_BICUBIC, bicubic_degrade, imresize, matlab_uint8
 from ipt.core.images.extra import with_extra_inputs
+from ipt.core.images.resize import MATLAB_BICUBIC, bicubic_degrade, imresize, matlab_uint8
 from ipt.core.inference.restorer import InferenceOptions
 from ipt.core.evaluation.worst_best import GRID_NAME, WorstBest
 
 if TYPE_CHECKING:  # pragma: no cover
     from ipt.core.model.ipt import IPT
-    from ipt.core.evaluation.pairing import ImagePair
+    from ipt.registry import MetricSpec
     from ipt.registry.spec import TaskSpec
 
 __all__ = [
@@ -89,6 +100,7 @@ class ImageScore(BaseModel):
     ssim_y: float
     psnr_rgb: float
     grey: bool = Field(False, description="a grey image: degraded on one plane, restored output made grey")
+    metrics: dict[str, float] = Field(default_factory=dict, description="the selected metrics (--metrics)")
 
 
 class ScoreSummary(BaseModel):
@@ -99,15 +111,19 @@ class ScoreSummary(BaseModel):
     psnr_y: float
     ssim_y: float
     psnr_rgb: float
+    metrics: dict[str, float] = Field(default_factory=dict, description="means of the selected metrics")
     per_image: dict[str, ImageScore] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, per_image: dict[str, ImageScore]) -> "ScoreSummary":
-        def mean(key: str) -> float:
-            vals = [getattr(s, key) for s in per_image.values()]
+        def mean(vals: list[float]) -> float:
             return math.fsum(vals) / len(vals) if vals else math.nan
 
-        return cls(psnr_y=mean("psnr_y"), ssim_y=mean("ssim_y"), psnr_rgb=mean("psnr_rgb"), per_image=per_image)
+        scores = list(per_image.values())
+        names = list(scores[0].metrics) if scores else []
+        return cls(psnr_y=mean([s.psnr_y for s in scores]), ssim_y=mean([s.ssim_y for s in scores]),
+                   psnr_rgb=mean([s.psnr_rgb for s in scores]),
+                   metrics={n: mean([s.metrics[n] for s in scores]) for n in names}, per_image=per_image)
 
 
 class BaselineSummary(ScoreSummary):
@@ -132,6 +148,9 @@ class EvalResult(BaseModel):
     layout: str | None = None
     seed: int | None = Field(None, description="seed of the on-the-fly degradations (None: stored inputs)")
     options: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict, description="means of the selected metrics")
+    metric_info: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per metric: column, higher_is_better, color_space, unit, plugin")
     per_image: dict[str, ImageScore] = Field(default_factory=dict)
     baseline: BaselineSummary | None = None
     grey_images: int = Field(0, description="how many of the images were grey (degraded and restored as grey)")
@@ -206,24 +225,33 @@ def table_bicubic_y(clean: Tensor, scale: int, grey: bool = False) -> tuple[Tens
 
 
 # -- scoring -------------------------------------------------------------------------------------------------
-def _score(restored: Tensor, clean: Tensor, spec: "TaskSpec", sample: Sample, convention: Convention) -> ImageScore:
-    from ipt.core.evaluation.metrics import score
-
+def _score(restored: Tensor, clean: Tensor, spec: "TaskSpec", sample: Sample, convention: Convention,
+           metrics: "Sequence[MetricSpec]" = (), where: str = "") -> ImageScore:
     s = score(restored, clean, spec.scale, color_space=spec.metrics.color_space, crop_border=spec.crop_border,
               convention=convention, grey=sample.one_channel)
-    return ImageScore(psnr_y=s["psnr_y"], ssim_y=s["ssim_y"], psnr_rgb=s["psnr_rgb"], grey=sample.grey)
+    values = metric_values(restored, clean, spec, metrics, where)
+    return ImageScore(psnr_y=s["psnr_y"], ssim_y=s["ssim_y"], psnr_rgb=s["psnr_rgb"], grey=sample.grey,
+                      metrics=values)
 
 
-def _baseline_score(sample: Sample, spec: "TaskSpec", convention: Convention) -> ImageScore:
+def _baseline_score(sample: Sample, spec: "TaskSpec", convention: Convention,
+                    metrics: "Sequence[MetricSpec]" = (), where: str = "") -> ImageScore:
     """Scores of the baseline; under ``matlab`` a MATLAB-bicubic SR task's Y scores follow :func:`table_bicubic_y`
     (its RGB PSNR is that of the per-pass upscale of the input, the tables having no RGB column)."""
     up = baseline_image(sample.degraded[:3], spec.scale, convention)
-    base = _score(up, sample.clean, spec, sample, convention)
+    base = _score(up, sample.clean, spec, sample, convention, metrics, where)
     if convention != "matlab" or not _matlab_bicubic(spec):
         return base
     up_y, ref_y = table_bicubic_y(sample.clean, spec.scale, sample.one_channel)
     border = spec.crop_border
     return base.model_copy(update={"psnr_y": psnr(up_y, ref_y, border), "ssim_y": ssim(up_y, ref_y, border)})
+
+
+def metric_info(metrics: "Sequence[MetricSpec]", spec: "TaskSpec") -> dict[str, dict[str, Any]]:
+    """What ``EvalResult.metric_info`` records about each selected metric."""
+    return {m.name: {"column": m.column(spec.metrics.color_space), "higher_is_better": m.higher_is_better,
+                     "color_space": m.space_for(spec.metrics.color_space), "unit": m.unit,
+                     "plugin": m.plugin, "distribution": m.distribution, "version": m.version} for m in metrics}
 
 
 def _task_spec(model: Any, task: "str | TaskSpec") -> "TaskSpec":
@@ -268,6 +296,7 @@ def evaluate_pairs(
     total: int | None = None,
     on_image: Callable[[str, ImageScore, ImageScore | None], None] | None = None,
     convention: Convention = DEFAULT_CONVENTION,
+    metrics: Sequence[str] | None = None,
 ) -> EvalResult:
     """Restore and score :class:`Sample` s (or ``(name, degraded, clean[, grey])`` tuples).
 
@@ -276,7 +305,10 @@ def evaluate_pairs(
     the metric conventions; ``convention`` the scoring convention (module docstring). ``save_dir`` receives
     ``<name>.png`` per restored image and ``_worst_best_grid.png``, crops of the worst and best images by PSNR-Y
     (:mod:`ipt.core.evaluation.worst_best`). ``on_image`` is called after each image with its scores (and its
-    baseline scores). Raises ValueError for duplicate names, size mismatches, unscorable images or no images.
+    baseline scores). ``metrics`` names registered metrics (hook ``ipt_register_metrics``; default: the task's
+    ``MetricConventions.report``); a metric that raises or returns NaN stops the run with
+    :class:`~ipt.core.evaluation.metrics.MetricError` naming it and the image. Raises ValueError for duplicate
+    names, size mismatches, unscorable images or no images.
     """
     from tqdm import tqdm
 
@@ -286,6 +318,7 @@ def evaluate_pairs(
 
     options = options or InferenceOptions()
     spec = _task_spec(model_or_fn, task)
+    selected = metric_specs(metrics if metrics is not None else spec.metrics.report)
     restorer = TaskRestorer(model_or_fn, spec.name, options) if isinstance(model_or_fn, IPT) else None
     save = Path(save_dir) if save_dir is not None else None
     per_image: dict[str, ImageScore] = {}
@@ -299,9 +332,13 @@ def evaluate_pairs(
             raise ValueError(f"two samples are named {sample.name!r}")
         restored = _restore(model_or_fn, restorer, sample)
         try:
-            per_image[sample.name] = _score(restored, sample.clean, spec, sample, convention)
+            per_image[sample.name] = _score(restored, sample.clean, spec, sample, convention, selected,
+                                            f"{sample.name}: ")
             if baseline:
-                base_scores[sample.name] = _baseline_score(sample, spec, convention)
+                base_scores[sample.name] = _baseline_score(sample, spec, convention, selected,
+                                                           f"{sample.name} (baseline): ")
+        except MetricError:
+            raise
         except ValueError as exc:  # e.g. an image too small for SSIM's 11x11 window after the border crop
             raise ValueError(f"{sample.name}: cannot be scored: {exc}") from exc
         if save is not None:
@@ -328,6 +365,7 @@ def evaluate_pairs(
         options={**options.model_dump(), "resolved_device": str(restorer.device) if restorer else None},
         baseline=base,
         grey_images=sum(s.grey for s in per_image.values()),
+        metric_info=metric_info(selected, spec),
         **ScoreSummary.of(per_image).model_dump(),
     )
 
@@ -345,17 +383,17 @@ def evaluate(
     progress: bool = False,
     on_image: Callable[[str, ImageScore, ImageScore | None], None] | None = None,
     convention: Convention = DEFAULT_CONVENTION,
+    metrics: Sequence[str] | None = None,
 ) -> EvalResult:
-    """Score ``model`` on ``task`` over a benchmark folder (layouts of :mod:`ipt.core.evaluation.pairing`).
+    """Score ``model`` on ``task`` over a benchmark folder (layouts of :mod:`ipt.core.data.pairing`).
 
     ``options`` (tiling, device, dtype) overrides ``protocol`` when given; ``limit`` keeps the first N pairs (sorted
-    by name); ``convention`` is the scoring convention (module docstring). Raises :class:`~ipt.core.pairing.PairingError` for unpairable folders or mismatched sizes.
+    by name); ``convention`` is the scoring convention (module docstring). Raises
+    :class:`~ipt.registry.PairingError` for unpairable folders or mismatched sizes.
     """
-    from ipt.core.evaluation.pairing import check_sizes, detect_layout
-
     spec = model.spec(task)
     options = options or InferenceOptions(protocol=protocol)
-    layout = detect_layout(data_dir, spec.name, spec.scale, spec.params)
+    layout = detect_layout(data_dir, spec)
     pairs = layout.pairs[:limit] if limit is not None else layout.pairs
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
@@ -367,6 +405,7 @@ def evaluate(
     result = evaluate_pairs(
         model, spec, load_pairs(pairs, spec, seed, convention), options=options, baseline=baseline,
         save_dir=save_dir, progress=progress, total=len(pairs), on_image=on_image, convention=convention,
+        metrics=metrics,
     )
     return result.model_copy(update={
         "data": str(data_dir), "layout": layout.description, "seed": seed if layout.synthetic else None,

@@ -24,13 +24,18 @@ Two scoring conventions (``convention=``, see :data:`CONVENTIONS`) differ in the
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ipt.core.images.resize import matlab_uint8
+from ipt.registry import get_registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ipt.registry import MetricSpec, TaskSpec
 
 __all__ = [
     "Convention",
@@ -44,6 +49,11 @@ __all__ = [
     "ssim",
     "ssim_batch",
     "score",
+    "psnr_b",
+    "blocking_effect_factor",
+    "MetricError",
+    "metric_specs",
+    "metric_values",
 ]
 
 # BT.601 luma weights for 0-255 inputs (MATLAB rgb2ycbcr: 65.481, 128.553, 24.966 per unit of [0, 1] input).
@@ -229,3 +239,86 @@ def score(
     else:
         result["psnr"], result["ssim"] = result["psnr_y"], result["ssim_y"]
     return result
+
+
+# -- PSNR-B and metric plugins ----------------------------------------------------------------------------------
+_JPEG_BLOCK = 8
+
+
+def blocking_effect_factor(img: Tensor, block: int = _JPEG_BLOCK) -> Tensor:
+    """Blocking effect factor (BEF) per channel of a ``(C, H, W)`` image on the 0-255 scale; float64 ``(C,)``.
+
+    Yim & Bovik, "Quality assessment of deblocked images", IEEE TIP 2011, eqs. 4-7: the mean squared difference
+    of horizontally/vertically adjacent pixels across ``block`` boundaries (``D_B``) minus the same mean over all
+    other adjacent pairs (``D_Bc``), scaled by ``eta = log2(block) / log2(min(H, W))``, and 0 when ``D_B <= D_Bc``.
+    """
+    x = img.detach().to(torch.float64)
+    h, w = x.shape[-2:]
+    if min(h, w) <= block:
+        raise ValueError(f"PSNR-B needs images larger than one {block}x{block} block, got {h}x{w}")
+    dh = (x[..., :, 1:] - x[..., :, :-1]).pow(2)  # (C, H, W-1): pair (j, j+1) of each row
+    dv = (x[..., 1:, :] - x[..., :-1, :]).pow(2)  # (C, H-1, W)
+    col_at_boundary = torch.zeros(w - 1, dtype=torch.bool)
+    col_at_boundary[block - 1 :: block] = True
+    row_at_boundary = torch.zeros(h - 1, dtype=torch.bool)
+    row_at_boundary[block - 1 :: block] = True
+    boundary = dh[..., :, col_at_boundary].flatten(1).sum(1) + dv[..., row_at_boundary, :].flatten(1).sum(1)
+    inside = dh[..., :, ~col_at_boundary].flatten(1).sum(1) + dv[..., ~row_at_boundary, :].flatten(1).sum(1)
+    n_boundary = h * int(col_at_boundary.sum()) + w * int(row_at_boundary.sum())
+    n_inside = h * (w - 1) + w * (h - 1) - n_boundary
+    d_b, d_bc = boundary / n_boundary, inside / n_inside
+    eta = math.log2(block) / math.log2(min(h, w))
+    return torch.where(d_b > d_bc, eta * (d_b - d_bc), torch.zeros_like(d_b))
+
+
+def psnr_b(restored: Tensor, reference: Tensor, data_range: float = 255.0) -> float:
+    """PSNR-B in dB (Yim & Bovik 2011, eq. 8): ``10 log10(R^2 / (MSE + BEF(restored)))``.
+
+    ``restored`` and ``reference`` are ``(C, H, W)`` on the 0-255 scale; the BEF is measured on the restored
+    image with 8x8 blocks aligned to the top-left corner (JPEG's grid). With several channels the MSE and the BEF
+    are means over channels (as PSNR-RGB pools the MSE). ``inf`` for identical, block-free images.
+    """
+    _check_pair(restored, reference, 3)
+    x, y = restored.detach().to(torch.float64), reference.detach().to(torch.float64)
+    mse_b = float((x - y).pow(2).mean()) + float(blocking_effect_factor(x).mean())
+    return math.inf if mse_b == 0 else 10.0 * math.log10(data_range**2 / mse_b)
+
+
+class MetricError(ValueError):
+    """A metric plugin that raised or returned NaN; ``str()`` names the metric, its plugin and the image."""
+
+
+def metric_specs(names: Sequence[str]) -> "list[MetricSpec]":
+    """The registered metrics ``names`` (in that order; :class:`~ipt.registry.manager.UnknownMetricError` if one
+    is not registered)."""
+    registry = get_registry()
+    return [registry.metric(n) for n in dict.fromkeys(names)]
+
+
+def metric_values(
+    restored: Tensor, clean: Tensor, spec: "TaskSpec", metrics: "Sequence[MetricSpec]", where: str = ""
+) -> dict[str, float]:
+    """Every metric of ``metrics`` for one restored ``(3, H, W)`` image against ``clean`` (0-255).
+
+    The restored image is 8-bit quantised, both are converted to each metric's colour space (the task's for
+    ``"task"``) and cropped by the task's border, as :mod:`ipt.registry.metrics` promises plugins. Raises
+    :class:`MetricError` naming ``where`` (the image), the metric and its plugin when one raises or gives NaN.
+    """
+    out = quantize(restored.detach().to(torch.float64))
+    ref = clean.detach().to(torch.float64)
+    _check_pair(out, ref, 3)
+    border = spec.crop_border
+    prepared: dict[str, tuple[Tensor, Tensor]] = {}
+    values: dict[str, float] = {}
+    for metric in metrics:
+        space = metric.space_for(spec.metrics.color_space)
+        if space not in prepared:
+            prepared[space] = (_prepare(out, border, space == "y"), _prepare(ref, border, space == "y"))
+        try:
+            value = float(metric.compute(*prepared[space]))
+        except Exception as exc:  # noqa: BLE001 - any failure of a plugin's function is reported with its name
+            raise MetricError(f"{where}{metric.origin} raised {type(exc).__name__}: {exc}") from exc
+        if math.isnan(value):
+            raise MetricError(f"{where}{metric.origin} returned NaN")
+        values[metric.name] = value
+    return values

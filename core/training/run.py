@@ -41,7 +41,7 @@ import torch
 
 from ipt.core.checkpoints.pretrained import read_config
 from ipt.core.commands.options import dump_yaml
-from ipt.core.data import batches as data_mod
+from ipt.core.data.training_data import TrainingData
 from ipt.core.data.schedule import MicroBatchSchedule, TaskSchedule
 from ipt.core.model import IPT
 from ipt.core.training.checkpoints import (
@@ -181,13 +181,9 @@ def _agree(acc: Any, error: BaseException | None) -> None:
         raise TrainingError("another process of this run failed (its message is above)")
 
 
-def _open_source(cfg: TrainConfig) -> tuple[Any, int | None]:
-    source = data_mod.load_images(cfg.data, split=cfg.data_split, image_column=cfg.image_column,
-                                  streaming=cfg.streaming)
-    try:
-        return source, len(source)  # type: ignore[arg-type]
-    except TypeError:
-        return source, None
+def _open_source(cfg: TrainConfig) -> tuple[TrainingData, int | None]:
+    data = TrainingData.open(cfg)  # per task: stored pairs (a detected layout) or clean images
+    return data, data.num_images
 
 
 def _resume_notes(cfg: TrainConfig, saved: dict[str, Any], acc: Any, start: int, total: int) -> list[str]:
@@ -229,7 +225,8 @@ def prepare_run(cfg: TrainConfig, acc: Any, checkpoint: Path | None, changes: li
         notes += [f"resumed from {checkpoint} at step {start}"] + [f"changed on resume: {c}" for c in changes]
         notes += _resume_notes(cfg, saved, acc, start, total)
     resolved = resolved_config(cfg, total, decay_at, acc.mixed_precision)
-    record = {"config": resolved.model_dump(mode="json"), "world_size": acc.num_processes, "fresh_tasks": fresh_tasks}
+    record = {"config": resolved.model_dump(mode="json"), "world_size": acc.num_processes, "fresh_tasks": fresh_tasks,
+              "data": source.record()}
     run = Run(cfg, acc, trainer, Path(cfg.output_dir), total, decay_at, start, record,
               RunLogger(acc, Path(cfg.output_dir), bool(cfg.report_to), cfg.progress, total, start), num_images,
               source)
@@ -263,7 +260,7 @@ def _say_start(run: Run, notes: list[str]) -> None:
     run.log.say(
         f"{acc.num_processes} process(es) on {acc.device}, mixed precision {acc.mixed_precision}; "
         f"{t.unwrapped.num_parameters():,} parameters; tasks {', '.join(cfg.tasks)}; "
-        f"{run.num_images if run.num_images is not None else 'streamed'} training images; "
+        f"data: {run.source.summary()}; "
         f"steps {run.start}->{run.total}, lr {cfg.base_lr:g}"
         + (f" (x{cfg.lr_decay_gamma:g} after step {run.decay_at})" if run.decay_at else "")
         + (f", now {lrs[0]:g}" if run.start else "")
@@ -302,15 +299,6 @@ class Data:
     val_pairs: dict[str, Any]
 
 
-def make_batches(cfg: TrainConfig, source: Any, specs: list[Any], schedule: TaskSchedule, start: int,
-                 **common: Any) -> Any:
-    """The training batches (one per micro-batch index) for ``source``: the one place batches are constructed."""
-    micro = MicroBatchSchedule(schedule, cfg.grad_accum)
-    if cfg.streaming:
-        return data_mod.StreamingTrainBatches(source, specs, micro, start_step=start * cfg.grad_accum, **common)
-    return data_mod.TrainBatches(source, specs, micro, **common)
-
-
 def _loader(cfg: TrainConfig, batches: Any, start: int, stop: int) -> Iterable[dict[str, Any]]:
     from torch.utils.data import DataLoader
 
@@ -324,24 +312,23 @@ def _loader(cfg: TrainConfig, batches: Any, start: int, stop: int) -> Iterable[d
     )
 
 
-def build_data(run: Run, source: Any) -> Data:
+def build_data(run: Run, source: TrainingData) -> Data:
     """Training batches from ``run.start`` on (deterministic: a pure function of seed, step and rank) and the
-    held-out validation patches (main process)."""
+    held-out validation patches (main process). ``source`` knows each task's data: stored pairs (a detected
+    dataset layout) or clean images degraded on the fly (:class:`~ipt.core.data.training_data.TrainingData`)."""
     cfg, acc, model = run.cfg, run.acc, run.trainer.unwrapped
     specs = [model.spec(t) for t in cfg.tasks]
     schedule = TaskSchedule(cfg.tasks, cfg.seed)
-    batches = make_batches(cfg, source, specs, schedule, run.start, batch_size=cfg.batch_size,
-                           patch_size=model.config.patch_size, seed=cfg.seed, rank=acc.process_index,
-                           world_size=acc.num_processes, augment=cfg.augment, steps=run.total * cfg.grad_accum)
+    ga = cfg.grad_accum
+    batches = source.batches(specs, MicroBatchSchedule(schedule, ga), start_step=run.start * ga,
+                             batch_size=cfg.batch_size, patch_size=model.config.patch_size, seed=cfg.seed,
+                             rank=acc.process_index, world_size=acc.num_processes, augment=cfg.augment,
+                             steps=run.total * ga)
     val_pairs: dict[str, Any] = {}
     if cfg.val_every and acc.is_main_process:
-        try:
-            held = data_mod.load_images(cfg.data, split=cfg.data_split, image_column=cfg.image_column,
-                                        streaming=cfg.streaming, holdout=True)
-            val_pairs = data_mod.validation_pairs(held, specs, patch_size=model.config.patch_size,
-                                                  n_per_task=cfg.val_patches, seed=1234)
-        except ValueError as exc:  # e.g. a dataset without a validation/test split: train anyway
-            run.log.say(f"validation disabled: {exc}")
+        val_pairs, val_notes = source.validation(specs, model.config.patch_size)
+        for note in val_notes:
+            run.log.say(note)
     return Data(batches, schedule, val_pairs)
 
 
@@ -446,7 +433,7 @@ def _validate(run: Run, data: Data, step: int) -> None:
     if not (run.acc.is_main_process and data.val_pairs):
         return
     psnr, restored = run.trainer.validate(data.val_pairs, run.cfg.batch_size)
-    run.log.record({"step": step, "validation": True, "psnr": psnr})
+    run.log.record({"step": step, "validation": True, "psnr": psnr, "metrics": run.trainer.val_metrics})
     grids = {t: validation_grid(data.val_pairs[t][0], restored[t], data.val_pairs[t][1][: len(restored[t])])
              for t in restored}
     run.log.validation_images(step, grids)

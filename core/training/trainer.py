@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from ipt.core.checkpoints.pretrained import CheckpointError, read_config
-from ipt.core.evaluation.metrics import psnr_batch, quantize
+from ipt.core.evaluation.metrics import metric_specs, metric_values, psnr_batch, quantize
 from ipt.core.model import IPT
 from ipt.core.training.checkpoints import (
     CHECKPOINTS,
@@ -219,6 +219,7 @@ class Trainer:
         self.state = TrainState(ema=EMA(self.unwrapped, cfg.ema_decay) if cfg.ema_decay else None)
         self.stats = StepStats()
         self.last_lrs = self.lrs
+        self.val_metrics: dict[str, dict[str, float]] = {}  # the last validation's metrics (task -> name -> mean)
 
     @property
     def unwrapped(self) -> IPT:
@@ -346,24 +347,34 @@ class Trainer:
     def validate(self, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int
                  ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
         """Mean PSNR (dB, the task's colour space and border crop, 8-bit outputs) per task on held-out patches, and
-        the first :data:`VALIDATION_SAMPLES` restored patches per task ``(n, 3, H, W)`` on 0-255 (for the grid)."""
+        the first :data:`VALIDATION_SAMPLES` restored patches per task ``(n, 3, H, W)`` on 0-255 (for the grid).
+
+        The means of the task's own metrics (``MetricConventions.report``: PSNR, SSIM, ...) are kept in
+        :attr:`val_metrics`.
+        """
         model = self.unwrapped
         was_training = model.training
         model.eval()
         psnr: dict[str, float] = {}
         restored: dict[str, torch.Tensor] = {}
+        self.val_metrics = {}
         try:
             for task, (lr_img, hr_img) in pairs.items():
                 spec = model.spec(task)
-                scores, outs = [], []
+                metrics = metric_specs(spec.metrics.report)
+                scores, outs, values = [], [], []
                 for i in range(0, len(lr_img), batch):
                     with self.accelerator.autocast():
                         y = quantize(model(lr_img[i : i + batch].to(self.device), task).float().cpu())
                     outs.append(y)
-                    scores.append(psnr_batch(y, hr_img[i : i + batch].float(), crop_border=spec.crop_border,
+                    target = hr_img[i : i + batch].float()
+                    scores.append(psnr_batch(y, target, crop_border=spec.crop_border,
                                              y_only=spec.metrics.color_space == "y"))
+                    values += [metric_values(a, b, spec, metrics, f"validation of {task}: ") for a, b in zip(y, target)]
                 psnr[task] = float(torch.cat(scores).clamp(max=100.0).mean())
                 restored[task] = torch.cat(outs)[:VALIDATION_SAMPLES]
+                self.val_metrics[task] = {k: float(torch.tensor([v[k] for v in values]).clamp(max=100.0).mean())
+                                          for k in values[0]}
         finally:
             model.train(was_training)
         return psnr, restored

@@ -75,3 +75,39 @@ def test_haze_pulls_towards_the_airlight() -> None:
 def test_dtype_and_device_follow_the_input() -> None:
     x = torch.rand(1, 3, 32, 40, dtype=torch.float64) * 255
     assert add_haze(x, _gen(0)).dtype == torch.float64
+
+
+# -- the RESIDE layout and CIEDE2000 -----------------------------------------------------------------------------
+def test_reside_pairs_many_hazy_per_clear(tmp_path) -> None:  # noqa: ANN001
+    import pytest
+    from ipt.core.images.io import write_image
+    from ipt.registry import PairingError
+
+    from ipt_plugin_dehaze.reside import find_reside
+
+    img = torch.full((3, 16, 16), 100.0)
+    for name in ("0001", "0002"):
+        write_image(tmp_path / "clear" / f"{name}.png", img)
+    for name in ("0001_0.8_0.2", "0001_1_0.16", "0002_0.9_0.08"):
+        write_image(tmp_path / "hazy" / f"{name}.png", img + 50)
+    match = find_reside(tmp_path, dehaze_task())
+    assert [(p.name, p.clean.name) for p in match.pairs] == [
+        ("0001_0.8_0.2", "0001.png"), ("0001_1_0.16", "0001.png"), ("0002_0.9_0.08", "0002.png")]
+    assert find_reside(tmp_path / "hazy", dehaze_task()) is None  # no hazy/ + clear/ inside: not RESIDE
+    write_image(tmp_path / "hazy" / "0003_0.8_0.2.png", img)
+    with pytest.raises(PairingError, match="inputs without a target: 0003_0.8_0.2.png"):
+        find_reside(tmp_path, dehaze_task())
+
+
+def test_ciede2000_of_greys_is_the_lightness_difference() -> None:
+    # Two greys with L* = 45 and 55: mean L* 50, so S_L = 1 and CIEDE2000 = |dL*| = 10 (Sharma et al. 2005, eq. 4).
+    from skimage.color import lab2rgb
+
+    from ipt_plugin_dehaze.reside import ciede2000
+
+    def grey(lightness: float) -> torch.Tensor:
+        rgb = lab2rgb([[[lightness, 0.0, 0.0]]])[0, 0] * 255.0
+        return torch.tensor(rgb, dtype=torch.float64).view(3, 1, 1).expand(3, 8, 8)
+
+    assert abs(ciede2000(grey(45.0), grey(55.0)) - 10.0) < 1e-3
+    assert ciede2000(grey(50.0), grey(50.0)) == 0.0
