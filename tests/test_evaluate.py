@@ -242,7 +242,7 @@ def test_matlab_convention_makes_lr_with_per_pass_rounding(clean_dir: Path) -> N
     from ipt.registry import get_task
 
     spec = get_task("sr2")
-    pairs = detect_layout(clean_dir, "sr2", 2, spec.params).pairs
+    pairs = detect_layout(clean_dir, spec).pairs
     matlab = {s.name: s for s in load_pairs(pairs, spec, convention="matlab")}
     official = {s.name: s for s in load_pairs(pairs, spec)}
     for name, s in matlab.items():
@@ -261,7 +261,7 @@ def test_grey_file_scored_on_grey_values(tmp_path: Path) -> None:
     grey = _photo(40, 44, 7)[:1]  # (1, H, W), saved as an 8-bit grey ("L") PNG
     Image.fromarray(grey[0].numpy().astype("uint8"), mode="L").save(tmp_path / "g.png")
     spec = get_task("sr2")
-    (sample,) = load_pairs(detect_layout(tmp_path, "sr2", 2, spec.params).pairs, spec, convention="matlab")
+    (sample,) = load_pairs(detect_layout(tmp_path, spec).pairs, spec, convention="matlab")
     assert sample.grey and torch.equal(sample.clean, grey.expand(3, -1, -1))
     upscale = lambda d: imresize(d, scale=2)
     res = {c: evaluate_pairs(upscale, spec, [sample], baseline=True, convention=c) for c in ("matlab", "official-python")}

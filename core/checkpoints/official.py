@@ -19,8 +19,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from ipt.core.model.config import OFFICIAL_RGB_MEAN, ModelConfig
 from ipt.core.checkpoints.pretrained import CheckpointError
+from ipt.core.files import atomic_write_file
+from ipt.core.model.blocks import build_head, build_tail
+from ipt.core.model.config import OFFICIAL_RGB_MEAN, ModelConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -609,8 +611,6 @@ def export_problems(model: "IPT", task: str) -> list[str]:
     integer; its ``forward_chop`` steps by ``patch_size / 4``. A task head/tail other than the official
     conv + 2 ResBlocks / upsampler + conv has no official counterpart.
     """
-    from ipt.core.model.blocks import build_head, build_tail
-
     cfg: ModelConfig = model.config
     problems = [f"the official architecture needs {p}" for p in official_architecture_problems(cfg)]
     if cfg.num_heads != DEFAULT_NUM_HEADS:
@@ -658,8 +658,6 @@ def save_official(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
     """Write an official-layout state dict: ``.safetensors`` with safetensors, anything else with ``torch.save``
     (a plain dict of tensors, which ``torch.load(weights_only=True)`` and spandrel read). Atomic."""
     from safetensors.torch import save_file
-
-    from ipt.core.files import atomic_write_file
 
     path = Path(path)
     if path.suffix == ".safetensors":

@@ -38,12 +38,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ipt.core.model.config import PRESETS, ModelConfig, preset
 from ipt.core.checkpoints.official import build_reference
-from ipt.core.data.throughput import add_data_arguments, bench_data, format_data
+from ipt.core.data.throughput import (
+    DEFAULT_CROPS,
+    DEFAULT_TASKS,
+    bench_data,
+    format_data,
+)
 from ipt.core.files import atomic_write_text
 from ipt.core.images.photos import sized_photo
 from ipt.core.inference.tiling import BORDER
+from ipt.core.model.config import PRESETS, ModelConfig, preset
 
 SECTIONS = ("ceiling", "forward", "train", "restore", "memory", "onnx")  # onnx: only when asked
 DATA = "data"  # training data pipeline (core/data/throughput.py); only when asked for with --what data
@@ -293,7 +298,12 @@ def _train_step(forward: Callable[[], torch.Tensor], target: torch.Tensor, opt: 
 def bench_restore(ctx: "_Context") -> dict[str, Any]:
     """One whole image: the paper protocol (ours) vs the official protocol (reference), and half-precision PSNR."""
     from ipt.core.evaluation.metrics import psnr, quantize
-    from ipt.core.inference.tiling import TiledRestorer, count_tiles, official_forward_chop, official_tile_count
+    from ipt.core.inference.tiling import (
+        TiledRestorer,
+        count_tiles,
+        official_forward_chop,
+        official_tile_count,
+    )
 
     args = ctx.args
     w, h = args.image_size
@@ -409,8 +419,8 @@ def _memory_child(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     import psutil
 
-    from ipt.core.model.ipt import IPT
     from ipt.core.inference.tiling import TiledRestorer, count_tiles
+    from ipt.core.model.ipt import IPT
 
     models: dict[str, IPT] = {}
     results = []
@@ -584,6 +594,20 @@ def _size(text: str) -> tuple[int, int]:
     if w < 1 or h < 1:
         raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
     return w, h
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the ``data`` section of ``ipt bench``."""
+    parser.add_argument("--data-dir", default=None, metavar="DIR",
+                        help="data section: folder of training images, e.g. BSDS500/train JPEGs "
+                             "(default: the built-in photos)")
+    parser.add_argument("--data-tasks", default=",".join(DEFAULT_TASKS), metavar="A,B",
+                        help=f"data section: tasks (default: {','.join(DEFAULT_TASKS)})")
+    parser.add_argument("--crops", default=",".join(map(str, DEFAULT_CROPS)), metavar="N,M",
+                        help=f"data section: crops per decoded image to compare (default: "
+                             f"{','.join(map(str, DEFAULT_CROPS))})")
+    parser.add_argument("--data-batch", type=int, default=32, help="data section: patches per step (default: 32)")
+    parser.add_argument("--data-steps", type=int, default=8, help="data section: steps per timed repeat (default: 8)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

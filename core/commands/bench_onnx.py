@@ -15,12 +15,11 @@ from typing import Any
 import torch
 
 from ipt.core.commands.bench import median_ratio, time_interleaved
+from ipt.core.inference.onnx import OnnxTileFunction, export_onnx
 
 
 def bench_onnx(ctx: Any) -> dict[str, Any]:
     """Patches/s of ONNX Runtime and of our fp32 model on ``--batch`` tiles of ``ctx.task`` (CPU only)."""
-    from ipt.core.inference.onnx import OnnxTileFunction, export_onnx
-
     if ctx.device.type != "cpu":
         raise ValueError("--what onnx measures ONNX Runtime on the CPU: use --device cpu")
     x = ctx.patches(ctx.args.batch)

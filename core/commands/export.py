@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ipt.core.checkpoints.bundled import resolve_model_dir
 from ipt.core.checkpoints.official import export_official, save_official
+from ipt.core.inference.onnx import DEFAULT_OPSET, export_onnx
 from ipt.core.model.ipt import IPT
 
 FORMATS = ("official", "onnx")
@@ -53,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path} (task {task}, x{model.scale(task)}, official Pretrained-IPT layout; "
               "spandrel/chaiNNer/ComfyUI load it as IPT)")
         return 0
-    from ipt.core.inference.onnx import DEFAULT_OPSET, export_onnx
-
     path = export_onnx(model, task, args.output, opset=args.opset or DEFAULT_OPSET)
     size = model.config.patch_size
     print(f"wrote {path} (task {task}, x{model.scale(task)}, input 'tiles' (batch, 3, {size}, {size}) on 0-255; "

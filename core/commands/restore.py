@@ -36,8 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from ipt.registry.spec import TaskSpec
 
 from ipt.core.files import check_not_inputs
-from ipt.core.images.extra import is_extra_input_file, with_extra_inputs
 from ipt.core.images.channels import fill_transparent, grey_plane
+from ipt.core.images.extra import is_extra_input_file, with_extra_inputs
 from ipt.core.images.io import (
     IMAGE_EXTENSIONS,
     ImageReadError,
@@ -47,6 +47,7 @@ from ipt.core.images.io import (
     to_uint8,
     write_image,
 )
+from ipt.core.inference.onnx import onnx_restorer
 from ipt.registry import get_task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -158,12 +159,13 @@ def _output_names(paths: list[Path], out_dir: Path, suffix: str, compare: bool) 
 
 def _restorer(args: argparse.Namespace, options: "InferenceOptions") -> tuple["TaskRestorer", "TaskSpec"]:
     """The restorer of ``--backend`` and the task's spec (scale, metric conventions)."""
-    from ipt.core.inference.restorer import TaskRestorer, load_task_model, resolve_device
+    from ipt.core.inference.restorer import (
+        TaskRestorer,
+        load_task_model,
+        resolve_device,
+    )
 
     if args.backend == "onnx":
-        from ipt.core.inference.onnx import onnx_restorer
-        from ipt.registry import get_task
-
         if args.model is None:
             raise ValueError("--backend onnx needs --model FILE.onnx (written by 'ipt export --format onnx')")
         return onnx_restorer(args.model, args.task, options), get_task(args.task)

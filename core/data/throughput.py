@@ -10,7 +10,6 @@ interleaved, one repeat of each in turn, and the median and the spread (min-max)
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from typing import Any
@@ -21,24 +20,10 @@ from ipt.core.data.batches import TrainBatches
 from ipt.core.data.schedule import TaskSchedule
 from ipt.core.data.sources import load_images
 
-__all__ = ["add_data_arguments", "bench_data", "format_data", "DEFAULT_TASKS", "DEFAULT_CROPS"]
+__all__ = ["bench_data", "format_data", "DEFAULT_TASKS", "DEFAULT_CROPS"]
 
 DEFAULT_TASKS = ("sr2", "denoise30", "derain")
 DEFAULT_CROPS = (1, 2, 4, 8, 16)
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of the ``data`` section of ``ipt bench``."""
-    parser.add_argument("--data-dir", default=None, metavar="DIR",
-                        help="data section: folder of training images, e.g. BSDS500/train JPEGs "
-                             "(default: the built-in photos)")
-    parser.add_argument("--data-tasks", default=",".join(DEFAULT_TASKS), metavar="A,B",
-                        help=f"data section: tasks (default: {','.join(DEFAULT_TASKS)})")
-    parser.add_argument("--crops", default=",".join(map(str, DEFAULT_CROPS)), metavar="N,M",
-                        help=f"data section: crops per decoded image to compare (default: "
-                             f"{','.join(map(str, DEFAULT_CROPS))})")
-    parser.add_argument("--data-batch", type=int, default=32, help="data section: patches per step (default: 32)")
-    parser.add_argument("--data-steps", type=int, default=8, help="data section: steps per timed repeat (default: 8)")
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -59,7 +44,7 @@ def _time_steps(batches: TrainBatches, first: int, steps: int) -> tuple[float, f
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
-def bench_data(args: argparse.Namespace) -> dict[str, Any]:
+def bench_data(args: Any) -> dict[str, Any]:
     """Patches/s/core for every (task, crops per image); see the module doc. Returns a JSON-friendly dict."""
     tasks = [t.strip() for t in args.data_tasks.split(",") if t.strip()]
     crops = _ints(args.crops, "--crops")

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
+from ipt.core.files import atomic_write_file
 from ipt.core.images.grid import error_window, image_grid, upscale_nearest
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -70,8 +71,6 @@ class WorstBest:
 
     def save(self, path: str | Path, task: str) -> Path | None:
         """Write the grid as PNG (atomically); None when no image was added."""
-        from ipt.core.files import atomic_write_file
-
         if not self._worst:
             return None
         image = self.grid(task)

@@ -22,10 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from ipt.core.files import atomic_write_file
+from ipt.core.inference.restorer import InferenceOptions, TaskRestorer
 from ipt.core.model.fused_linear import onednn_paths
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ipt.core.inference.restorer import InferenceOptions, TaskRestorer
     from ipt.core.model.ipt import IPT
 
 INPUT_NAME = "tiles"
@@ -152,8 +152,6 @@ def onnx_restorer(path: str | Path, task: str | None, options: "InferenceOptions
 
     ONNX Runtime runs here on the CPU in float32: ``--device cuda`` or ``--dtype bf16/fp16`` are refused.
     """
-    from ipt.core.inference.restorer import InferenceOptions, TaskRestorer
-
     options = options or InferenceOptions()
     fn = OnnxTileFunction(path)
     if task is not None and task != fn.task:
