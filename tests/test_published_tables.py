@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ipt.core.evaluation.evaluate import evaluate_pairs, load_pairs
-from ipt.core.evaluation.pairing import detect_layout
+from ipt.core.data.pairing import detect_layout
 from ipt.core.images.io import read_image
 from ipt.core.images.resize import imresize
 from ipt.registry import get_task
@@ -42,7 +42,7 @@ def _needs(name: str) -> Path:
 def test_clean_folder_degradation_is_the_official_lr_files(name: str, scale: int) -> None:
     root = _needs(name)
     spec = get_task(f"sr{scale}")
-    pairs = detect_layout(root / "HR", spec.name, scale, spec.params).pairs  # a clean folder: LR made on the fly
+    pairs = detect_layout(root / "HR", spec).pairs  # a clean folder: LR made on the fly
     assert pairs and all(p.degraded is None for p in pairs)
     differs = 0
     for sample in load_pairs(pairs, spec, convention="matlab"):
@@ -61,7 +61,7 @@ def test_bicubic_row_reproduced_under_matlab(key: tuple[str, int]) -> None:
     name, scale = key
     root = _needs(name)
     spec = get_task(f"sr{scale}")
-    pairs = detect_layout(root, spec.name, scale, spec.params).pairs
+    pairs = detect_layout(root, spec).pairs
     upscale = lambda d: imresize(d, scale=scale)
     res = evaluate_pairs(upscale, spec, load_pairs(pairs, spec, convention="matlab"), baseline=True,
                          convention="matlab")
