@@ -250,3 +250,28 @@ def test_check_task_plugin_stops_at_the_first_problem(registry_with: Any) -> Non
 
 def test_pytest_fixture(ipt_task_checker: Any) -> None:
     ipt_task_checker("denoise50", distribution="ipt-framework")
+
+
+# -- a plugin written against the pre-rooms imports (issue 12) still loads ------------------------------------
+def test_plugin_written_against_the_old_imports_still_works(registry_with: Any, tmp_path: Path) -> None:
+    """``ipt.core.config`` / ``ipt.core.blocks`` (the imports ``docs/plugins.md`` used to give) and
+    ``ipt.core.model`` / ``ipt.core.data`` / ``ipt.core.train`` keep working for one release."""
+    from ipt.core.blocks import build_head as old_build_head
+    from ipt.core.blocks import build_tail as old_build_tail
+    from ipt.core.config import ModelConfig as OldModelConfig
+    from ipt.core.config import preset as old_preset
+    from ipt.core.data import TrainBatches  # noqa: F401
+    from ipt.core.model import IPT, build_model  # noqa: F401
+    from ipt.core.model.blocks import build_tail
+    from ipt.core.model.config import ModelConfig
+    from ipt.core.train import TrainConfig, train  # noqa: F401
+
+    assert OldModelConfig is ModelConfig and old_build_tail is build_tail
+    assert isinstance(old_preset("tiny"), ModelConfig)
+
+    def head(cfg: OldModelConfig) -> nn.Module:  # a custom head the old way: the default one, built by hand
+        return old_build_head(cfg)
+
+    spec = registry_with(_spec(name="oldimports", build_head=head)).tasks["oldimports"]  # as registered
+    kit.assert_model_shapes(spec)
+    kit.assert_save_load_roundtrip(spec, tmp_path)
