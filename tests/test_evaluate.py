@@ -264,7 +264,8 @@ def test_grey_file_scored_on_grey_values(tmp_path: Path) -> None:
     (sample,) = load_pairs(detect_layout(tmp_path, spec).pairs, spec, convention="matlab")
     assert sample.grey and torch.equal(sample.clean, grey.expand(3, -1, -1))
     upscale = lambda d: imresize(d, scale=2)
-    res = {c: evaluate_pairs(upscale, spec, [sample], baseline=True, convention=c) for c in ("matlab", "official-python")}
+    res = {c: evaluate_pairs(upscale, spec, [sample], baseline=True, convention=c)
+           for c in ("matlab", "official-python")}
     out = imresize(sample.degraded, scale=2).clamp(0, 255).round()[:1].double()
     d = (out - grey)[:, 2:-2, 2:-2]
     assert res["matlab"].psnr_y == pytest.approx(10 * math.log10(255**2 / float((d**2).mean())), abs=1e-9)
@@ -273,6 +274,14 @@ def test_grey_file_scored_on_grey_values(tmp_path: Path) -> None:
     up, ref = table_bicubic_y(sample.clean, 2, grey=True)
     assert torch.equal(ref, grey.double())
     assert res["matlab"].baseline.psnr_y == pytest.approx(psnr(up, ref, crop_border=2), abs=1e-12)
+    # the same grey stored as RGB is grey for restoring, but MATLAB's rgb2ycbcr sees three channels: rounded Y
+    Image.fromarray(grey[0].numpy().astype("uint8"), mode="L").convert("RGB").save(tmp_path / "g.png")
+    (rgb_file,) = load_pairs(detect_layout(tmp_path, spec).pairs, spec, convention="matlab")
+    assert rgb_file.grey and rgb_file.channels == 3 and not rgb_file.one_channel
+    as_rgb = evaluate_pairs(upscale, spec, [rgb_file], convention="matlab")
+    y = lambda t: (16 + t.double() * 219 / 255).add(0.5).floor()[:, 2:-2, 2:-2]
+    mse = float(((y(out) - y(grey)) ** 2).mean())
+    assert as_rgb.psnr_y == pytest.approx(10 * math.log10(255**2 / mse), abs=1e-9)
 
 
 def test_table_bicubic_recipe_hand_checked() -> None:

@@ -177,7 +177,8 @@ def _matlab_uint8_ref(v: float) -> int:
 
 def _matlab_resize_u8(img: np.ndarray, scale: float) -> np.ndarray:
     """MATLAB ``imresize`` of a 2-D uint8 image, equal scales: rows (dim 1) first, uint8 after each pass."""
-    cols = [[_matlab_uint8_ref(v) for v in _matlab_resize_1d(img[:, c].astype(float), scale)] for c in range(img.shape[1])]
+    cols = [[_matlab_uint8_ref(v) for v in _matlab_resize_1d(img[:, c].astype(float), scale)]
+            for c in range(img.shape[1])]
     mid = np.array(cols, dtype=float).T
     rows = [[_matlab_uint8_ref(v) for v in _matlab_resize_1d(mid[r], scale)] for r in range(mid.shape[0])]
     return np.array(rows, dtype=np.int64)
