@@ -82,7 +82,7 @@ def test_grey_benchmark_is_degraded_and_scored_as_grey(model_dir: Path, tmp_path
     Image.fromarray(_photo(40, 44, 3)).save(d / "colour.png")
     model = IPT.from_pretrained(model_dir)
     spec = model.spec("denoise30")
-    samples = {s.name: (s.degraded, s.clean, s.grey) for s in load_pairs(detect_layout(d, "denoise30", 1).pairs, spec)}
+    samples = {s.name: (s.degraded, s.clean, s.grey) for s in load_pairs(detect_layout(d, spec).pairs, spec)}
     for name in ("g1", "g2_rgb"):
         deg, clean, grey = samples[name]
         assert grey and torch.equal(deg[0], deg[1]) and torch.equal(deg[1], deg[2])  # noise on one plane
