@@ -73,7 +73,7 @@ def counted_flops_per_patch(model: IPT, task: str) -> int:
     counts = []
     for batch in (1, 2):
         x = torch.rand(batch, 3, size, size, device=p.device, dtype=p.dtype) * model.config.rgb_range
-        with torch.inference_mode(), onednn_paths(inference=False, training=False), sdpa_kernel(SDPBackend.MATH), \
+        with torch.no_grad(), onednn_paths(inference=False, training=False), sdpa_kernel(SDPBackend.MATH), \
                 FlopCounterMode(display=False) as counter:
             model(x, task)
         counts.append(counter.get_total_flops())

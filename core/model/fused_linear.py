@@ -122,7 +122,9 @@ def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, float, int] | No
         return None
     scale = (hi - lo) / 255 if hi > lo else 1.0
     zero_point = min(255, max(0, round(-lo / scale)))
-    q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated", category=UserWarning)
+        q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
     # The quantized tensor's bytes as a plain uint8 tensor, without the copy ``int_repr()`` makes. (The quantized
     # tensor API is deprecated in favour of torchao; it is the one fast eager quantization kernel in torch 2.14.)
     return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), 0, q.shape, q.stride()), scale, zero_point
@@ -149,16 +151,14 @@ def _int8_linear(
     else:
         out = torch.zeros(rows, weight.shape[0], dtype=torch.float32, device=x.device)
     out3 = out.view(samples.shape[0], samples.shape[1], -1)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated", category=UserWarning)
-        for i, sample in enumerate(samples):
-            quantized = quantize_activation(sample.contiguous())
-            if quantized is None:
-                return None
-            q, scale, zp = quantized
-            torch.ops.onednn.qlinear_pointwise.binary(
-                q, scale, zp, w, w_scales, w_zeros, out3[i], b, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0,
-                "relu" if relu else "none", [], "")
+    for i, sample in enumerate(samples):
+        quantized = quantize_activation(sample.contiguous())
+        if quantized is None:
+            return None
+        q, scale, zp = quantized
+        torch.ops.onednn.qlinear_pointwise.binary(
+            q, scale, zp, w, w_scales, w_zeros, out3[i], b, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0,
+            "relu" if relu else "none", [], "")
     y = out.view(*x.shape[:-1], -1)
     return y if residual is None or fuse_residual else residual + y
 
