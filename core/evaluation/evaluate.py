@@ -168,6 +168,25 @@ def _task_spec(model: Any, task: "str | TaskSpec") -> "TaskSpec":
     return get_task(task)
 
 
+def _restored(
+    restorer: Any, fn: Any, pairs: Iterable[Sample]
+) -> Iterator[tuple[str, Tensor, Tensor, tuple, Tensor]]:
+    """``(name, degraded, clean, rest of the sample, restored)`` per sample. With a :class:`TaskRestorer`, samples are decoded ahead in
+    a thread and tile batches are filled across images (:mod:`ipt.core.inference.folder`); a whole-image function
+    runs sample by sample."""
+    from ipt.core.inference.folder import prefetch
+
+    if restorer is None:
+        for name, degraded, clean, *rest in pairs:
+            with torch.inference_mode():
+                restored = fn(degraded).detach().float().cpu().clamp(0, 255)
+            yield name, degraded, clean, tuple(rest), restored
+        return
+    items = (((name, degraded, clean, tuple(rest)), degraded) for name, degraded, clean, *rest in prefetch(pairs, 8))
+    for (name, degraded, clean, rest), restored in restorer.stream(items):
+        yield name, degraded, clean, rest, restored
+
+
 def evaluate_pairs(
     model_or_fn: "IPT | Callable[[Tensor], Tensor]",
     task: "str | TaskSpec",
@@ -201,16 +220,12 @@ def evaluate_pairs(
     per_image: dict[str, ImageScore] = {}
     base_scores: dict[str, ImageScore] = {}
     t0 = time.perf_counter()
-    bar = tqdm(pairs, total=total, desc=f"eval {spec.name}", unit="img", disable=not progress or None, file=sys.stderr)
-    for name, degraded, clean, *rest in bar:
+    bar = tqdm(total=total, desc=f"eval {spec.name}", unit="img", disable=not progress or None, file=sys.stderr)
+    for name, degraded, clean, rest, restored in _restored(restorer, model_or_fn, pairs):
+        bar.update()
         grey = bool(rest and rest[0])
         if name in per_image:
             raise ValueError(f"two samples are named {name!r}")
-        if restorer is not None:
-            restored = restorer(degraded)
-        else:
-            with torch.inference_mode():
-                restored = model_or_fn(degraded).detach().float().cpu().clamp(0, 255)  # type: ignore[operator]
         if restored.shape != clean.shape:
             raise ValueError(f"{name}: restored image is {tuple(restored.shape)}, clean image {tuple(clean.shape)}")
         if grey:
