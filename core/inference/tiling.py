@@ -476,6 +476,32 @@ def official_forward_chop(
     return y[0] if single else y
 
 
+def _assemble_official(canvases: dict[str, _Canvas], h: int, w: int, hh: int, ww: int, t: int, s: int, st: int
+                       ) -> Tensor:
+    """The official ``forward_chop`` output from its six averaged canvases (see :func:`official_forward_chop`)."""
+    grid, top, bottom, left, right, corner = (canvases[k] for k in ("grid", "top", "bottom", "left", "right", "corner"))
+    b, c = grid.value.shape[:2]
+    T, m = t * s, st * s
+    # Seams between the grid's extent and the bottom strip / right strip lie at the middle of their overlap
+    # (rounded towards the strip when the overlap is odd), which also drops the grid's uncropped far margins.
+    rows_split = (h - t) * s + math.ceil((t - (h - hh)) * s / 2)
+    cols_split = (w - t) * s + math.ceil((t - (w - ww)) * s / 2)
+    by, bx = (h - t) * s, (w - t) * s  # output offsets of the bottom strip / right strip
+    out = torch.empty(b, c, h * s, w * s, dtype=grid.value.dtype, device=grid.value.device)
+    R, C = rows_split, cols_split
+    out[..., :R, :C] = grid.value[..., :R, :C]
+    # Margin bands where the grid has no centre crops: the left strip's band, then the top band (the official
+    # code writes the top strip and then the left strip over columns < T*s, so the left strip wins there).
+    out[..., :R, :m] = left.value[..., :R, :m]
+    out[..., :m, : min(T, C)] = left.value[..., :m, : min(T, C)]
+    if C > T:
+        out[..., :m, T:C] = top.value[..., :m, T:C]
+    out[..., R:, :C] = bottom.value[..., R - by :, :C]
+    out[..., :R, C:] = right.value[..., :R, C - bx :]
+    out[..., R:, C:] = corner.value[..., R - by :, C - bx :]
+    return out
+
+
 def _official_restore(
     fn: TileFn,
     x: Tensor,
@@ -520,21 +546,6 @@ def _official_restore(
 
     done = _run_jobs(fn, list(jobs()), t, s, tile_batch, accum, progress, done, total)
 
-    # Seams between the grid's extent and the bottom strip / right strip lie at the middle of their overlap
-    # (rounded towards the strip when the overlap is odd), which also drops the grid's uncropped far margins.
-    rows_split = (h - t) * s + math.ceil((t - (h - hh)) * s / 2)
-    cols_split = (w - t) * s + math.ceil((t - (w - ww)) * s / 2)
-    by, bx = (h - t) * s, (w - t) * s  # output offsets of the bottom strip / right strip
-    out = torch.empty(b, c, h * s, w * s, dtype=accum, device=dev)
-    R, C = rows_split, cols_split
-    out[..., :R, :C] = grid.value[..., :R, :C]
-    # Margin bands where the grid has no centre crops: the left strip's band, then the top band (the official
-    # code writes the top strip and then the left strip over columns < T*s, so the left strip wins there).
-    out[..., :R, :m] = left.value[..., :R, :m]
-    out[..., :m, : min(T, C)] = left.value[..., :m, : min(T, C)]
-    if C > T:
-        out[..., :m, T:C] = top.value[..., :m, T:C]
-    out[..., R:, :C] = bottom.value[..., R - by :, :C]
-    out[..., :R, C:] = right.value[..., :R, C - bx :]
-    out[..., R:, C:] = corner.value[..., R - by :, C - bx :]
+    canvases = {"grid": grid, "top": top, "bottom": bottom, "left": left, "right": right, "corner": corner}
+    out = _assemble_official(canvases, h, w, hh, ww, t, s, st)
     return out[..., : h0 * s, : w0 * s], done
