@@ -114,3 +114,24 @@ def test_folder_restore_is_bit_identical_to_one_by_one(model_dir: Path, tmp_path
     for path in sorted(folder.glob("*.png")):  # today's way: each image alone, its own batches
         one = write_image(tmp_path / "one" / path.name, restorer(read_image(path).rgb))
         assert np.array_equal(_pixels(tmp_path / "many" / path.name), _pixels(one)), path.name
+
+
+def test_restore_all_retries_a_failed_batch_image_by_image() -> None:
+    """A batch mixing two images fails (say, out of memory): both are retried alone; only the one that fails alone
+    is reported."""
+    calls: list[int] = []
+    base = _fn(calls)
+
+    def fn(tiles: torch.Tensor) -> torch.Tensor:
+        if tiles.shape[0] > 4 or bool((tiles == 7.0).all()):  # mixed batches, and image "b" on its own
+            raise MemoryError("simulated")
+        return base(tiles)
+
+    restorer = TaskRestorer(fn, "x", InferenceOptions(device="cpu", tile_batch=8), scale=2)
+    values = {"a": 3.0, "b": 7.0, "c": 5.0}
+    done: dict[str, str | None] = {}
+    written: dict[str, torch.Tensor] = {}
+    restore_all(restorer, list(values), lambda n: (n, torch.full((3, 50, 60), values[n])),
+                lambda n, p, r: written.__setitem__(n, r), lambda n, e: done.__setitem__(n, e and str(e)))
+    assert done == {"a": None, "b": "simulated", "c": None}
+    assert torch.equal(written["a"], restorer(torch.full((3, 50, 60), 3.0)))

@@ -81,12 +81,13 @@ def restore_all(
     ``finish(item, payload, restored)`` in the writer thread, then ``on_done(item, error or None)`` here.
 
     An item whose ``load`` or ``finish`` raises is reported through ``on_done`` with the exception, and the others
-    go on. If the network fails on a batch (out of memory, ...), every image with tiles in that batch or still
-    waiting in the restorer is reported with that error and the rest are restored with a fresh stream.
+    go on. If the network fails on a batch of tiles from several images (``RuntimeError``, ``MemoryError``), the
+    images in the restorer at that moment are restored again one by one (so only an image that fails alone is
+    reported), and the rest go on in a fresh stream.
     """
     loaded = prefetch((_try_load(load, item) for item in items), prefetch_images)
     failed: deque[tuple[K, BaseException]] = deque()
-    taken: dict[int, K] = {}  # images handed to the restorer and not yet out of it, by position
+    taken: dict[int, tuple[K, Any, Tensor]] = {}  # images handed to the restorer and not yet out of it
     counter = iter(range(1 << 62))
 
     def source() -> Iterator[tuple[tuple[int, K, Any], Tensor]]:
@@ -96,7 +97,7 @@ def restore_all(
                 continue
             payload, image = result
             index = next(counter)
-            taken[index] = item
+            taken[index] = (item, payload, image)
             yield (index, item, payload), image
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipt-write") as writer:
@@ -109,8 +110,12 @@ def restore_all(
                     taken.pop(index, None)
                     pending.append((item, writer.submit(finish, item, payload, restored)))
                     _drain(pending, failed, on_done, keep=prefetch_images)
-            except (RuntimeError, MemoryError) as exc:  # the network failed: fail the images in flight, go on
-                failed.extend((item, exc) for item in taken.values())
+            except (RuntimeError, MemoryError):  # a mixed batch failed: its images again, alone
+                for item, payload, image in taken.values():
+                    try:
+                        pending.append((item, writer.submit(finish, item, payload, restorer(image))))
+                    except (RuntimeError, MemoryError) as exc:
+                        failed.append((item, exc))
                 taken.clear()
                 stream_again = True
             _drain(pending, failed, on_done, keep=prefetch_images)
