@@ -1,7 +1,7 @@
 """Before/after ratios of single optimisations of the IPT model (the table in ``benchmarks/RESULTS.md``).
 
 Each idea is measured as a pair of variants of the same model (same weights, same inputs), timed interleaved with
-:func:`ipt.core.bench.time_interleaved`; the ratio is the median over repeats of before/after.
+:func:`ipt.core.benchmarking.timing.time_interleaved`; the ratio is the median over repeats of before/after.
 
     python benchmarks/ablate.py --preset paper --batch 4 --repeats 5 --threads 1 --clock cpu
     python benchmarks/ablate.py --only sdpa,residual     # a subset
@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 import ipt.core.model.ipt as model_module
-from ipt.core.commands.bench import make_optimizer, median_ratio, time_interleaved
+from ipt.core.benchmarking.sections import make_optimizer
+from ipt.core.benchmarking.timing import median_ratio, time_interleaved
 from ipt.core.model.config import PRESETS, preset
 from ipt.core.model.fused_linear import onednn_paths
 from ipt.core.model import IPT

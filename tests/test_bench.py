@@ -7,14 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 from ipt.cli import main
+from ipt.core.benchmarking.flops import counted_flops_per_patch
 from ipt.core.checkpoints.official import to_official_state_dict
 from ipt.core.commands.bench import flops_per_patch, median_ratio
 from ipt.core.model.config import preset
-from ipt.core.model.fused_linear import onednn_paths
 from ipt.core.model import IPT
 
 
@@ -28,20 +26,11 @@ def test_paper_flops_per_patch() -> None:
 
 @pytest.mark.parametrize("task", ["sr2", "sr3", "sr4", "denoise30"])
 def test_flops_match_torch_flop_counter(task: str) -> None:
-    """Counted by torch for a batch of 2 minus a batch of 1: per-call work (the task-embedding projection) cancels.
-
-    The plain aten path runs (the flop counter does not count oneDNN's kernels), and attention takes SDPA's math
-    backend (explicit matmuls: the counter does not count the CPU flash kernel).
-    """
+    """What ``ipt bench`` reports (torch's FlopCounterMode on the model, batch of 2 minus batch of 1) equals the
+    closed form of the built-in head/tail layout."""
     cfg = preset("tiny", num_enc_layers=1, num_dec_layers=2)
     model = IPT(cfg, [task]).eval()
-    counts = []
-    for b in (1, 2):
-        with onednn_paths(inference=False, training=False), sdpa_kernel(SDPBackend.MATH), \
-                FlopCounterMode(display=False) as counter:
-            model(torch.rand(b, 3, 48, 48) * 255, task)
-        counts.append(counter.get_total_flops())
-    assert counts[1] - counts[0] == flops_per_patch(cfg, model.scale(task))
+    assert counted_flops_per_patch(model, task) == flops_per_patch(cfg, model.scale(task))
 
 
 def test_official_state_dict_layout() -> None:
@@ -65,7 +54,7 @@ def test_bench_tiny_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[st
     out = tmp_path / "bench.json"
     code = main([
         "bench", "--preset", "tiny", "--repeats", "1", "--warmup", "0", "--batch", "1", "--compare-reference",
-        "--image-size", "64x56", "--memory-sizes", "48", "96", "--tile-batch", "4", "--dtype", "fp32,bf16",
+        "--image-size", "64x56", "--memory-sizes", "48", "96", "--tile-batch", "4", "--dtype", "fp32,bf16,int8",
         "--json", str(out),
     ])
     assert code == 0
@@ -74,8 +63,9 @@ def test_bench_tiny_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[st
                 "reference_check"):
         assert key in report, key
     assert report["settings"]["preset"] == "tiny"
-    assert set(report["ceiling_gflops"]) == {"fp32", "bf16"}
-    assert [r["variant"] for r in report["forward"]] == ["reference", "ipt-fp32", "ipt-bf16"]
+    assert set(report["ceiling_gflops"]) == {"fp32", "bf16", "int8"}
+    assert [r["variant"] for r in report["forward"]] == ["reference", "ipt-fp32", "ipt-bf16", "ipt-int8"]
+    assert [r["variant"] for r in report["train"]] == ["reference", "ipt-fp32", "ipt-bf16"]  # int8: inference only
     for section in ("forward", "train"):
         for row in report[section]:
             assert row["seconds"] > 0 and row["gflops"] > 0
@@ -87,7 +77,9 @@ def test_bench_tiny_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert restore["tiles_paper_protocol"] == 4
     assert restore["tiles_official_protocol"] == 1 * 2 + 2 * 2 + 2 * 1 + 1
     assert restore["official_protocol"]["estimated"] is True
-    assert {r["variant"] for r in restore["variants"]} == {"ipt-fp32", "ipt-bf16"}
+    assert {r["variant"] for r in restore["variants"]} == {"ipt-fp32", "ipt-bf16", "ipt-int8"}
+    int8 = next(r for r in restore["variants"] if r["variant"] == "ipt-int8")
+    assert int8["pixels_differing_from_fp32"] > 0 and "delta_psnr_y_vs_fp32_db" in int8
     memory = report["memory"]
     assert memory["pixel_ratio"] == 4
     # 48 and 96 px sides plus the 8 px reflection margin on every side: 64 -> 2 x 2 tiles, 112 -> 3 x 3 tiles
@@ -100,3 +92,26 @@ def test_bench_tiny_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_bench_rejects_unknown_dtype(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--preset", "tiny", "--dtype", "fp8"]) == 2
     assert "--dtype: unknown value 'fp8'" in capsys.readouterr().err
+
+
+def test_gpu_mfu_script_runs_on_the_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_train_mfu.py (the H200 measurement) on the CPU with the tiny preset, eager."""
+    import runpy
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train_mfu.py"
+    out = tmp_path / "gpu.json"
+    argv = ["gpu_train_mfu.py", "--device", "cpu", "--preset", "tiny", "--steps", "2", "--warmup", "1", "--batch", "2",
+            "--infer-batch", "2", "--no-compile", "--json", str(out)]
+    old, sys.argv = sys.argv, argv
+    try:
+        with pytest.raises(SystemExit) as stop:
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = old
+    assert stop.value.code == 0
+    report = json.loads(out.read_text())
+    assert report["train"]["steps"] == 2 and report["inference"]["calls"] == 2
+    assert report["flops_per_patch"] == flops_per_patch(preset("tiny"), 1)
+    assert 0 < report["train"]["mfu"] and 0 < report["inference"]["mfu"]
+    assert report["train"]["mean_loss"] > 0  # the loss summed on the device was read back once, at the end

@@ -248,14 +248,21 @@ def test_memory_error_fails_one_image(model_dir: Path, tmp_path: Path, monkeypat
     d.mkdir()
     Image.fromarray(_photo(60, 60)).save(d / "big.png")
     Image.fromarray(_photo()).save(d / "small.png")
-    real = restorer_module.TaskRestorer.__call__
+    real, real_fn = restorer_module.TaskRestorer.__call__, restorer_module.TaskRestorer._fn
 
     def call(self, image, progress=None):  # type: ignore[no-untyped-def]
         if image.shape[-1] == 60:
             raise MemoryError("simulated: cannot allocate")
         return real(self, image, progress=progress)
 
+    def fn(self, tiles):  # type: ignore[no-untyped-def]
+        if tiles.shape[0] > 4:  # a batch filled with both images' tiles (4 each) fails too
+            raise MemoryError("simulated: cannot allocate")
+        return real_fn(self, tiles)
+
+    # Several images are restored as a stream; when a batch fails, its images are retried alone (__call__).
     monkeypatch.setattr(restorer_module.TaskRestorer, "__call__", call)
+    monkeypatch.setattr(restorer_module.TaskRestorer, "_fn", fn)
     rc = _restore(model_dir, str(d), "-o", str(tmp_path / "out"), task="denoise30")
     err = capsys.readouterr().err
     assert rc == 1 and (tmp_path / "out" / "small.png").is_file() and not (tmp_path / "out" / "big.png").exists()

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ipt.core.commands.bench import median_ratio, time_interleaved
+from ipt.core.benchmarking.timing import median_ratio, time_interleaved
 from ipt.core.inference.onnx import OnnxTileFunction, export_onnx
 
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ipt.registry.spec import TaskSpec
 
 from ipt.core.files import check_not_inputs
+from ipt.core.inference.folder import restore_all
 from ipt.core.images.channels import fill_transparent, grey_plane
 from ipt.core.images.extra import is_extra_input_file, with_extra_inputs
 from ipt.core.images.io import (
@@ -188,15 +189,18 @@ def _check_outputs(args: argparse.Namespace, paths: list[Path], outputs: list[tu
     check_not_inputs([*paths, *([reference] if reference else [])], "-o", writes=files, hint=hint)
 
 
-def _restore_image(
-    restorer: TaskRestorer, loaded: LoadedImage, progress: Callable[[int, int], None], path: Path | None = None
-) -> Tensor:
-    """The network's output for one image, brought back to the input's kind: ``(3, H', W')``, or ``(1, H', W')``
-    for one-channel grey files. Hidden colour under alpha = 0 is replaced first (no halo); grey inputs come back
-    with R = G = B; a non-finite output (damaged weights) raises ``ValueError`` instead of writing a black image."""
+def _network_input(restorer: TaskRestorer, loaded: LoadedImage, path: Path | None = None) -> Tensor:
+    """What the network restores: the RGB pixels with the hidden colour under alpha = 0 replaced (no halo), then
+    the task's extra inputs (a mask ...) read from beside ``path``."""
     rgb = fill_transparent(loaded.rgb, loaded.alpha)
     extras = restorer.model.spec(restorer.task).extra_inputs if restorer.model is not None else ()
-    restored = restorer(with_extra_inputs(path, rgb, extras) if path is not None else rgb, progress=progress)
+    return with_extra_inputs(path, rgb, extras) if path is not None and extras else rgb
+
+
+def _as_input_kind(restored: Tensor, loaded: LoadedImage) -> Tensor:
+    """The network's output brought back to the input's kind: ``(3, H', W')``, or ``(1, H', W')`` for
+    one-channel grey files; grey inputs come back with R = G = B; a non-finite output (damaged weights) raises
+    ``ValueError`` instead of writing a black image."""
     if not bool(torch.isfinite(restored).all()):
         bad = int((~torch.isfinite(restored)).sum())
         raise ValueError(f"the model output has {bad} non-finite values (NaN/inf): are its weights damaged?")
@@ -245,7 +249,37 @@ def _restore_one(run: _Run, path: Path, out: Path, compare: Path | None) -> None
     """Read, restore and write one input (and its comparison panel); raises on any failure of this image."""
     loaded = read_image(path)
     run.bars.tiles.reset()
-    restored = _restore_image(run.restorer, loaded, run.bars.tile, path)
+    _write_one(run, path, out, compare, loaded, run.restorer(_network_input(run.restorer, loaded, path), progress=run.bars.tile))
+
+
+def _restore_many(run: _Run, paths: list[Path], outputs: list[tuple[Path, Path | None]],
+                  failures: list[tuple[Path, str]]) -> None:
+    """Several inputs as one stream (:func:`ipt.core.inference.folder.restore_all`): decoded ahead in a thread,
+    tile batches filled across images, written behind; each output equals :func:`_restore_one`'s."""
+    names = dict(zip(paths, outputs))
+
+    def load(path: Path) -> tuple[LoadedImage, Tensor]:
+        loaded = read_image(path)
+        return loaded, _network_input(run.restorer, loaded, path)
+
+    def finish(path: Path, loaded: LoadedImage, restored: Tensor) -> None:
+        _write_one(run, path, *names[path], loaded, restored)
+
+    def done(path: Path, exc: BaseException | None) -> None:
+        if exc is not None:
+            if not isinstance(exc, (ImageReadError, OSError, ValueError, RuntimeError, MemoryError)):
+                raise exc
+            failures.append((path, _reason(exc)))
+            run.bars.say(f"{path}: {_reason(exc)}")
+        run.bars.images.update()
+
+    restore_all(run.restorer, paths, load, finish, done)
+
+
+def _write_one(run: _Run, path: Path, out: Path, compare: Path | None, loaded: LoadedImage, network_output: Tensor
+               ) -> None:
+    """Write one restored image (and its comparison panel); raises on any failure of this image."""
+    restored = _as_input_kind(network_output, loaded)
     depth = 16 if run.args.keep_depth and loaded.bit_depth == 16 else 8
     write_image(out, restored, loaded.alpha, bit_depth=depth)
     if compare is not None:
@@ -266,8 +300,8 @@ def _check_reference(args: argparse.Namespace) -> Path | None:
 
 
 def restore_files(args: argparse.Namespace) -> int:
-    """``ipt restore``: check every input and output first, load the model, then restore image by image; an
-    image that fails (unreadable, too large, out of memory, non-finite output) is reported and skipped."""
+    """``ipt restore``: check every input and output first, load the model, then restore (several images as one
+    stream, see :func:`_restore_many`); an image that fails (unreadable, too large, out of memory, non-finite output) is reported and skipped."""
     from ipt.core.commands.options import parse_config
     from ipt.core.inference.restorer import InferenceOptions
 
@@ -287,14 +321,15 @@ def restore_files(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     bars = _Progress(len(paths), args.quiet)
     run = _Run(args, restorer, spec.crop_border, reference, len(paths) == 1, bars)
-    for path, (out, compare) in zip(paths, outputs):
+    if len(paths) == 1:  # one image: no threads, a tile progress bar
         try:
-            _restore_one(run, path, out, compare)
+            _restore_one(run, paths[0], *outputs[0])
         except (ImageReadError, OSError, ValueError, RuntimeError, MemoryError) as exc:
-            reason = _reason(exc)
-            failures.append((path, reason))
-            bars.say(f"{path}: {reason}")
+            failures.append((paths[0], _reason(exc)))
+            bars.say(f"{paths[0]}: {_reason(exc)}")
         bars.images.update()
+    else:
+        _restore_many(run, paths, outputs, failures)
     bars.close()
     return _summary(args, paths, failures, restorer.tiles, time.perf_counter() - t0)
 

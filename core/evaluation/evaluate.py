@@ -41,6 +41,7 @@ from ipt.core.evaluation.metrics import (
     metric_specs,
     metric_values,
     psnr,
+    quantize,
     score,
     scored_channel,
     ssim,
@@ -48,6 +49,8 @@ from ipt.core.evaluation.metrics import (
 from ipt.core.files import check_not_inputs
 from ipt.core.images.extra import with_extra_inputs
 from ipt.core.images.resize import MATLAB_BICUBIC, bicubic_degrade, imresize, matlab_uint8
+from ipt.core.images.channels import grey_plane
+from ipt.core.inference.folder import prefetch
 from ipt.core.inference.restorer import InferenceOptions
 from ipt.core.evaluation.worst_best import GRID_NAME, WorstBest
 
@@ -265,17 +268,23 @@ def _task_spec(model: Any, task: "str | TaskSpec") -> "TaskSpec":
     return get_task(task)
 
 
-def _restore(model_or_fn: Any, restorer: Any, sample: Sample) -> Tensor:
-    """The 8-bit restored image of one sample (made grey for a grey sample); ValueError when its size differs
-    from the clean image's."""
-    from ipt.core.evaluation.metrics import quantize
-    from ipt.core.images.channels import grey_plane
+def _restored(restorer: Any, fn: Any, pairs: Iterable[Sample | tuple]) -> Iterator[tuple[Sample, Tensor]]:
+    """``(sample, restored)`` per sample, restored ``(3, H, W)`` float on 0-255. With a :class:`TaskRestorer`,
+    samples are decoded ahead in a thread and tile batches are filled across images
+    (:mod:`ipt.core.inference.folder`); a whole-image function runs sample by sample."""
+    samples = (Sample(*item) for item in pairs)
+    if restorer is None:
+        for sample in samples:
+            with torch.inference_mode():
+                restored = fn(sample.degraded).detach().float().cpu().clamp(0, 255)
+            yield sample, restored
+        return
+    yield from restorer.stream((sample, sample.degraded) for sample in prefetch(samples, 8))
 
-    if restorer is not None:
-        restored = restorer(sample.degraded)
-    else:
-        with torch.inference_mode():
-            restored = model_or_fn(sample.degraded).detach().float().cpu().clamp(0, 255)
+
+def _as_scored(sample: Sample, restored: Tensor) -> Tensor:
+    """The 8-bit restored image as it is scored (made grey for a grey sample); ValueError when its size differs
+    from the clean image's."""
     if restored.shape != sample.clean.shape:
         raise ValueError(
             f"{sample.name}: restored image is {tuple(restored.shape)}, clean image {tuple(sample.clean.shape)}"
@@ -325,12 +334,12 @@ def evaluate_pairs(
     base_scores: dict[str, ImageScore] = {}
     worst_best = WorstBest()
     t0 = time.perf_counter()
-    bar = tqdm(pairs, total=total, desc=f"eval {spec.name}", unit="img", disable=not progress or None, file=sys.stderr)
-    for item in bar:
-        sample = Sample(*item)
+    bar = tqdm(total=total, desc=f"eval {spec.name}", unit="img", disable=not progress or None, file=sys.stderr)
+    for sample, network_output in _restored(restorer, model_or_fn, pairs):
+        bar.update()
         if sample.name in per_image:
             raise ValueError(f"two samples are named {sample.name!r}")
-        restored = _restore(model_or_fn, restorer, sample)
+        restored = _as_scored(sample, network_output)
         try:
             per_image[sample.name] = _score(restored, sample.clean, spec, sample, convention, selected,
                                             f"{sample.name}: ")

@@ -20,9 +20,10 @@ and come back as ``(..., 3, H*s, W*s)`` in the input's dtype and device.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,7 @@ __all__ = [
     "dihedral_inverse",
 ]
 
+K = TypeVar("K")
 TileFn = Callable[[Tensor], Tensor]
 ProgressFn = Callable[[int, int], None]
 
@@ -168,6 +170,7 @@ class _Canvas:
     ) -> None:
         self.value = torch.zeros(batch, channels, height, width, dtype=dtype, device=device)
         self.weight = torch.zeros(batch, 1, height, width, dtype=dtype, device=device)
+        self.remaining = 0  # tiles planned but not yet accumulated (TiledRestorer.stream)
 
     def add(self, b: int, top: int, left: int, patch: Tensor, weight: Tensor | None) -> None:
         h, w = patch.shape[-2:]
@@ -185,6 +188,7 @@ class _Canvas:
 class _Job:
     """One tile: where to read it from the input, and where its (windowed) output goes."""
 
+    src: Tensor  # the (padded) input batch the tile is read from
     b: int
     y: int  # input top
     x: int  # input left
@@ -195,9 +199,41 @@ class _Job:
     weight: Tensor | None  # full-tile output weights (None: uniform)
 
 
+@dataclass
+class _Plan:
+    """One image's tiles and canvas, and the part of the canvas that is the output (the unpadded image)."""
+
+    jobs: list[_Job]
+    canvas: _Canvas
+    crop: tuple[slice, slice]
+
+    def __post_init__(self) -> None:
+        self.canvas.remaining += len(self.jobs)
+
+    def output(self) -> Tensor:
+        return self.canvas.value[..., self.crop[0], self.crop[1]]
+
+
+def _run_chunk(fn: TileFn, chunk: Sequence[_Job], tile: int, scale: int, accum_dtype: torch.dtype) -> None:
+    """Run ``fn`` on one batch of tiles (from one image or several) and accumulate each output into its canvas."""
+    out_size = tile * scale
+    tiles = torch.stack([j.src[j.b, :, j.y : j.y + tile, j.x : j.x + tile] for j in chunk])
+    out = fn(tiles)
+    expected = (len(chunk), tiles.shape[1], out_size, out_size)
+    if tuple(out.shape) != expected:
+        raise ValueError(
+            f"tile function returned shape {tuple(out.shape)} for input {tuple(tiles.shape)}; "
+            f"expected {expected} (scale {scale})"
+        )
+    out = out.to(accum_dtype)
+    for k, j in enumerate(chunk):
+        r0, r1, c0, c1 = j.window
+        w = None if j.weight is None else j.weight[r0:r1, c0:c1]
+        j.canvas.add(j.b, j.top + r0, j.left + c0, out[k, :, r0:r1, c0:c1], w)
+
+
 def _run_jobs(
     fn: TileFn,
-    x: Tensor,
     jobs: Sequence[_Job],
     tile: int,
     scale: int,
@@ -208,22 +244,9 @@ def _run_jobs(
     total: int,
 ) -> int:
     """Run ``fn`` over ``jobs`` in chunks of ``tile_batch`` and accumulate each output; returns tiles done."""
-    out_size = tile * scale
     for start in range(0, len(jobs), tile_batch):
         chunk = jobs[start : start + tile_batch]
-        tiles = torch.stack([x[j.b, :, j.y : j.y + tile, j.x : j.x + tile] for j in chunk])
-        out = fn(tiles)
-        expected = (len(chunk), x.shape[1], out_size, out_size)
-        if tuple(out.shape) != expected:
-            raise ValueError(
-                f"tile function returned shape {tuple(out.shape)} for input {tuple(tiles.shape)}; "
-                f"expected {expected} (scale {scale})"
-            )
-        out = out.to(accum_dtype)
-        for k, j in enumerate(chunk):
-            r0, r1, c0, c1 = j.window
-            w = None if j.weight is None else j.weight[r0:r1, c0:c1]
-            j.canvas.add(j.b, j.top + r0, j.left + c0, out[k, :, r0:r1, c0:c1], w)
+        _run_chunk(fn, chunk, tile, scale, accum_dtype)
         done += len(chunk)
         if progress is not None:
             progress(done, total)
@@ -328,7 +351,8 @@ class TiledRestorer:
         y = y.to(image.dtype).contiguous()  # no view into a larger (padded) canvas
         return y[0] if single else y
 
-    def _restore(self, x: Tensor, done: int, total: int) -> tuple[Tensor, int]:
+    def _plan(self, x: Tensor) -> "_Plan":
+        """The tiles of ``x`` (B, C, H, W) and the canvas their outputs are blended into."""
         b, c, h, w = x.shape
         t, s, m = self.tile, self.scale, self.border
         xp = _pad_to_min(pad_border(x, m), t)
@@ -341,13 +365,56 @@ class TiledRestorer:
             weight = ramp[:, None] * ramp[None, :]
         full = (0, t * s, 0, t * s)
         jobs = [
-            _Job(bi, yi, xi, canvas, yi * s, xi * s, full, weight)
+            _Job(xp, bi, yi, xi, canvas, yi * s, xi * s, full, weight)
             for bi in range(b)
             for yi in tile_positions(hp, t, self.overlap)
             for xi in tile_positions(wp, t, self.overlap)
         ]
-        done = _run_jobs(self.fn, xp, jobs, t, s, self.tile_batch, accum, self.progress, done, total)
-        return canvas.value[..., m * s : (m + h) * s, m * s : (m + w) * s], done
+        return _Plan(jobs, canvas, (slice(m * s, (m + h) * s), slice(m * s, (m + w) * s)))
+
+    def _restore(self, x: Tensor, done: int, total: int) -> tuple[Tensor, int]:
+        plan = self._plan(x)
+        accum = _accum_dtype(x.dtype)
+        done = _run_jobs(self.fn, plan.jobs, self.tile, self.scale, self.tile_batch, accum, self.progress, done, total)
+        return plan.output(), done
+
+    @torch.no_grad()
+    def stream(self, images: Iterable[tuple[K, Tensor]]) -> Iterator[tuple[K, Tensor]]:
+        """Restore many images, filling every ``fn`` call with up to ``tile_batch`` tiles of consecutive images.
+
+        ``images`` yields ``(key, image (C, H, W))`` and is read lazily: an image is taken only when the tiles
+        already planned no longer fill a batch, so at most ``tile_batch`` tiles' worth of images (plus one) are
+        held. Yields ``(key, restored (C, H*s, W*s))`` in input order as soon as an image's last tile is done;
+        each output equals ``self(image)`` (tiles are independent; the network sees the same tiles, in batches
+        made across images). With ``self_ensemble`` images go one at a time. ``progress`` is not called.
+        """
+        if self.self_ensemble:
+            for key, image in images:
+                yield key, self(image)
+            return
+        source = iter(images)
+        pending: deque[_Job] = deque()
+        open_images: deque[tuple[K, _Plan, Tensor]] = deque()
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < self.tile_batch:
+                item = next(source, None)
+                if item is None:
+                    exhausted = True
+                else:
+                    key, image = item
+                    plan = self._plan(_as_batch(image)[0])
+                    pending.extend(plan.jobs)
+                    open_images.append((key, plan, image))
+            if not pending:
+                return
+            chunk = [pending.popleft() for _ in range(min(self.tile_batch, len(pending)))]
+            _run_chunk(self.fn, chunk, self.tile, self.scale, chunk[0].canvas.value.dtype)
+            for job in chunk:
+                job.canvas.remaining -= 1
+            while open_images and open_images[0][1].canvas.remaining == 0:
+                key, plan, image = open_images.popleft()
+                yield key, plan.output()[0].to(image.dtype).contiguous()
 
 
 # --- the official protocol --------------------------------------------------------------------------------------
@@ -409,6 +476,32 @@ def official_forward_chop(
     return y[0] if single else y
 
 
+def _assemble_official(canvases: dict[str, _Canvas], h: int, w: int, hh: int, ww: int, t: int, s: int, st: int
+                       ) -> Tensor:
+    """The official ``forward_chop`` output from its six averaged canvases (see :func:`official_forward_chop`)."""
+    grid, top, bottom, left, right, corner = (canvases[k] for k in ("grid", "top", "bottom", "left", "right", "corner"))
+    b, c = grid.value.shape[:2]
+    T, m = t * s, st * s
+    # Seams between the grid's extent and the bottom strip / right strip lie at the middle of their overlap
+    # (rounded towards the strip when the overlap is odd), which also drops the grid's uncropped far margins.
+    rows_split = (h - t) * s + math.ceil((t - (h - hh)) * s / 2)
+    cols_split = (w - t) * s + math.ceil((t - (w - ww)) * s / 2)
+    by, bx = (h - t) * s, (w - t) * s  # output offsets of the bottom strip / right strip
+    out = torch.empty(b, c, h * s, w * s, dtype=grid.value.dtype, device=grid.value.device)
+    R, C = rows_split, cols_split
+    out[..., :R, :C] = grid.value[..., :R, :C]
+    # Margin bands where the grid has no centre crops: the left strip's band, then the top band (the official
+    # code writes the top strip and then the left strip over columns < T*s, so the left strip wins there).
+    out[..., :R, :m] = left.value[..., :R, :m]
+    out[..., :m, : min(T, C)] = left.value[..., :m, : min(T, C)]
+    if C > T:
+        out[..., :m, T:C] = top.value[..., :m, T:C]
+    out[..., R:, :C] = bottom.value[..., R - by :, :C]
+    out[..., :R, C:] = right.value[..., :R, C - bx :]
+    out[..., R:, C:] = corner.value[..., R - by :, C - bx :]
+    return out
+
+
 def _official_restore(
     fn: TileFn,
     x: Tensor,
@@ -440,34 +533,19 @@ def _official_restore(
         for bi in range(b):
             for i in range(n_h):
                 for j in range(n_w):
-                    yield _Job(bi, i * st, j * st, grid, i * st * s, j * st * s, (m, T - m, m, T - m), None)
+                    yield _Job(x, bi, i * st, j * st, grid, i * st * s, j * st * s, (m, T - m, m, T - m), None)
             for j in range(n_w):
                 c0, c1 = _strip_window(j, n_w, m, T)
-                yield _Job(bi, 0, j * st, top, 0, j * st * s, (0, T, c0, c1), None)
-                yield _Job(bi, h - t, j * st, bottom, 0, j * st * s, (0, T, c0, c1), None)
+                yield _Job(x, bi, 0, j * st, top, 0, j * st * s, (0, T, c0, c1), None)
+                yield _Job(x, bi, h - t, j * st, bottom, 0, j * st * s, (0, T, c0, c1), None)
             for i in range(n_h):
                 r0, r1 = _strip_window(i, n_h, m, T)
-                yield _Job(bi, i * st, 0, left, i * st * s, 0, (r0, r1, 0, T), None)
-                yield _Job(bi, i * st, w - t, right, i * st * s, 0, (r0, r1, 0, T), None)
-            yield _Job(bi, h - t, w - t, corner, 0, 0, (0, T, 0, T), None)
+                yield _Job(x, bi, i * st, 0, left, i * st * s, 0, (r0, r1, 0, T), None)
+                yield _Job(x, bi, i * st, w - t, right, i * st * s, 0, (r0, r1, 0, T), None)
+            yield _Job(x, bi, h - t, w - t, corner, 0, 0, (0, T, 0, T), None)
 
-    done = _run_jobs(fn, x, list(jobs()), t, s, tile_batch, accum, progress, done, total)
+    done = _run_jobs(fn, list(jobs()), t, s, tile_batch, accum, progress, done, total)
 
-    # Seams between the grid's extent and the bottom strip / right strip lie at the middle of their overlap
-    # (rounded towards the strip when the overlap is odd), which also drops the grid's uncropped far margins.
-    rows_split = (h - t) * s + math.ceil((t - (h - hh)) * s / 2)
-    cols_split = (w - t) * s + math.ceil((t - (w - ww)) * s / 2)
-    by, bx = (h - t) * s, (w - t) * s  # output offsets of the bottom strip / right strip
-    out = torch.empty(b, c, h * s, w * s, dtype=accum, device=dev)
-    R, C = rows_split, cols_split
-    out[..., :R, :C] = grid.value[..., :R, :C]
-    # Margin bands where the grid has no centre crops: the left strip's band, then the top band (the official
-    # code writes the top strip and then the left strip over columns < T*s, so the left strip wins there).
-    out[..., :R, :m] = left.value[..., :R, :m]
-    out[..., :m, : min(T, C)] = left.value[..., :m, : min(T, C)]
-    if C > T:
-        out[..., :m, T:C] = top.value[..., :m, T:C]
-    out[..., R:, :C] = bottom.value[..., R - by :, :C]
-    out[..., :R, C:] = right.value[..., :R, C - bx :]
-    out[..., R:, C:] = corner.value[..., R - by :, C - bx :]
+    canvases = {"grid": grid, "top": top, "bottom": bottom, "left": left, "right": right, "corner": corner}
+    out = _assemble_official(canvases, h, w, hh, ww, t, s, st)
     return out[..., : h0 * s, : w0 * s], done
