@@ -18,7 +18,10 @@ def test_plugins_json_lists_builtins() -> None:
     assert plugins["sr"]["tasks"] == ["sr2", "sr3", "sr4"]
     assert plugins["denoise"]["tasks"] == ["denoise30", "denoise50"]
     ours = {n for n, p in plugins.items() if p["distribution"] == "ipt-framework"}
-    assert ours == {"sr", "denoise", "derain", "deblur"}  # third-party plugins may be installed beside them
+    # the built-in task, layout and metric plugins; third-party plugins may be installed beside them
+    assert ours == {"sr", "denoise", "derain", "deblur", "layouts", "metrics"}
+    assert {"psnr", "ssim", "psnr_b"} <= set(plugins["metrics"]["metrics"])
+    assert plugins["layouts"]["tasks"] == [] and plugins["layouts"]["layouts"]
     for p in plugins.values():
         assert {"name", "distribution", "version", "tasks", "error", "commands"} <= set(p)
         assert p["error"] is None

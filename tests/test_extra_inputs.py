@@ -35,7 +35,12 @@ def inpaint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> types.ModuleType
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "ipt_plugin_inpaint", raising=False)
     module = importlib.import_module("ipt_plugin_inpaint")
-    monkeypatch.setattr(manager, "_REGISTRY", TaskRegistry([("inpaint", module, "ipt-plugin-inpaint", "0.1.0")]))
+    # the inpainting plugin beside the built-in layout and metric plugins (ipt eval/train need them)
+    from ipt.plugins import layouts, metrics
+
+    registry = TaskRegistry([("inpaint", module, "ipt-plugin-inpaint", "0.1.0"),
+                             ("layouts", layouts, "ipt-framework", "0.1.0"), ("metrics", metrics, "ipt-framework", "0.1.0")])
+    monkeypatch.setattr(manager, "_REGISTRY", registry)
     return module
 
 

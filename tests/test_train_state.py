@@ -449,7 +449,6 @@ def test_config_records_the_precision_that_ran(tmp_path: Path) -> None:
 @pytest.mark.parametrize("flags, message", [
     (["--data-split", "test"], "--data-split has no effect without --data"),
     (["--image-column", "img"], "--image-column has no effect without --data"),
-    (["--crops-per-image", "4"], "--crops-per-image has no effect without --epochs"),
     (["--embed-from", "sr2"], "--embed-from has no effect without --init-from"),
     (["--fresh-lr-scale", "3"], "--fresh-lr-scale has no effect without --init-from"),
 ])

@@ -175,7 +175,7 @@ class _BatchMaker:
             hr, _ = color_augment(hr, generator)
         with torch.no_grad():  # TaskSpec.degrade passes a copy of hr and checks the shape, naming the plugin
             lr = spec.degrade(hr, generator)
-        expected = (n, 3, self.patch_size, self.patch_size)
+        expected = (n, spec.in_channels, self.patch_size, self.patch_size)  # RGB, then the task's extra inputs
         if tuple(lr.shape) != expected:
             raise ValueError(f"task {spec.name!r}: degrade returned shape {tuple(lr.shape)}, expected {expected}")
         return lr.float(), hr

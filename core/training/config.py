@@ -210,12 +210,10 @@ class TrainConfig(BaseModel):
     @staticmethod
     def inactive_options(values: dict[str, Any]) -> dict[str, str]:
         """``{option: what it needs}`` for the options that have no effect with these ``values`` (field -> value)."""
-        epochs = values.get("epochs") is not None or values.get("lr_decay_epochs") is not None
         needs = {  # option -> (takes effect, what it needs)
             "data_split": (values.get("data") is not None, "--data"),
             "image_column": (values.get("data") is not None, "--data"),
             "streaming": (values.get("data") is not None, "--data"),
-            "crops_per_image": (epochs, "--epochs or --lr-decay-epochs (it only sets the epoch length)"),
             "embed_from": (values.get("init_from") is not None, "--init-from"),
             "fresh_lr_scale": (values.get("init_from") is not None, "--init-from"),
             "fresh_warmup_steps": (values.get("init_from") is not None, "--init-from"),

@@ -22,11 +22,12 @@ GAP = 2  # pixels of white between the cells of a validation grid
 def validation_grid(degraded: torch.Tensor, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """One row per patch: degraded | restored | target, ``(3, H, W)`` on 0-255 with white gaps.
 
-    ``degraded`` ``(n, 3, h, w)`` is enlarged to the target's size by pixel repetition (nearest), so an SR input
-    shows its real resolution; ``restored`` and ``target`` are ``(n, 3, H, W)`` on 0-255.
+    ``degraded`` ``(n, C, h, w)`` (RGB first; a task's extra input channels, e.g. a mask, are not drawn) is
+    enlarged to the target's size by pixel repetition (nearest), so an SR input shows its real resolution;
+    ``restored`` and ``target`` are ``(n, 3, H, W)`` on 0-255.
     """
     n, _, h, w = target.shape
-    degraded = degraded[:n].float()
+    degraded = degraded[:n, :3].float()
     if degraded.shape[-2:] != (h, w):
         degraded = F.interpolate(degraded, size=(h, w), mode="nearest")
     grid = torch.full((3, n * h + (n + 1) * GAP, 3 * w + 4 * GAP), 255.0)

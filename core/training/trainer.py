@@ -373,8 +373,10 @@ class Trainer:
                     values += [metric_values(a, b, spec, metrics, f"validation of {task}: ") for a, b in zip(y, target)]
                 psnr[task] = float(torch.cat(scores).clamp(max=100.0).mean())
                 restored[task] = torch.cat(outs)[:VALIDATION_SAMPLES]
-                self.val_metrics[task] = {k: float(torch.tensor([v[k] for v in values]).clamp(max=100.0).mean())
-                                          for k in values[0]}
+                self.val_metrics[task] = {
+                    k: float(torch.tensor([v[k] for v in values], dtype=torch.float64).clamp(max=100.0).mean())
+                    for k in values[0]
+                }
         finally:
             model.train(was_training)
         return psnr, restored
