@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from ipt.registry.origin import PluginItem
 
 COMMAND_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
-class Command(BaseModel):
+class Command(PluginItem):
     """One ``ipt`` subcommand provided by a plugin.
 
     ``add_arguments(parser)`` gets the command's ``argparse.ArgumentParser`` (``prog`` is ``ipt NAME``);
@@ -30,9 +32,6 @@ class Command(BaseModel):
     help: str = Field(..., description="One line, shown by 'ipt --help'")
     run: Callable[[Any], Any]
     add_arguments: Callable[[Any], Any] | None = None
-    plugin: str | None = None
-    distribution: str | None = None
-    version: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -52,5 +51,3 @@ class Command(BaseModel):
     def origin(self) -> str:
         return f"plugin {self.plugin or '?'!r} ({self.distribution or '?'} {self.version or '?'})"
 
-    def with_origin(self, plugin: str, distribution: str | None, version: str | None) -> Command:
-        return self.model_copy(update={"plugin": plugin, "distribution": distribution, "version": version})

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import ConfigDict, field_validator
+
+from ipt.registry.origin import PluginItem
 
 __all__ = ["ImagePair", "LayoutMatch", "PairingError", "DatasetLayout", "LAYOUT_NAME_RE"]
 
@@ -51,7 +53,7 @@ class LayoutMatch:
 FindFn = Callable[..., Any]
 
 
-class DatasetLayout(BaseModel):
+class DatasetLayout(PluginItem):
     """A folder layout: ``find(folder, task_spec) -> LayoutMatch | None`` (see the module doc).
 
     ``name`` is unique over all plugins (``sr_benchmark``, ``reside``); ``plugin``/``distribution``/``version``
@@ -63,9 +65,6 @@ class DatasetLayout(BaseModel):
     name: str
     description: str
     find: FindFn
-    plugin: str | None = None
-    distribution: str | None = None
-    version: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -85,5 +84,3 @@ class DatasetLayout(BaseModel):
     def origin(self) -> str:
         return f"layout {self.name!r} of plugin {self.plugin!r} ({self.distribution or '?'} {self.version or '?'})"
 
-    def with_origin(self, plugin: str, distribution: str | None, version: str | None) -> "DatasetLayout":
-        return self.model_copy(update={"plugin": plugin, "distribution": distribution, "version": version})

@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import ConfigDict, field_validator
+
+from ipt.registry.origin import PluginItem
 
 __all__ = ["MetricSpec", "METRIC_NAME_RE"]
 
@@ -20,7 +22,7 @@ METRIC_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 ComputeFn = Callable[..., float]
 
 
-class MetricSpec(BaseModel):
+class MetricSpec(PluginItem):
     """One image-quality metric (name, direction, function, colour space); origin filled in by the registry."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -32,9 +34,6 @@ class MetricSpec(BaseModel):
     color_space: Literal["y", "rgb", "task"] = "task"
     unit: str = ""
     label: str | None = None
-    plugin: str | None = None
-    distribution: str | None = None
-    version: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -65,5 +64,3 @@ class MetricSpec(BaseModel):
     def origin(self) -> str:
         return f"metric {self.name!r} of plugin {self.plugin!r} ({self.distribution or '?'} {self.version or '?'})"
 
-    def with_origin(self, plugin: str, distribution: str | None, version: str | None) -> "MetricSpec":
-        return self.model_copy(update={"plugin": plugin, "distribution": distribution, "version": version})

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ipt.registry.origin import PluginItem
+
 if TYPE_CHECKING:  # pragma: no cover - type hints only: registry/ never imports core/ at run time
     from torch import nn
 
@@ -85,7 +87,7 @@ class ExtraInput(BaseModel):
 _NONFINITE_WARNED: set[str] = set()
 
 
-class TaskSpec(BaseModel):
+class TaskSpec(PluginItem):
     """One restoration task: its name, scale, network parts, degradation and metric conventions.
 
     ``build_head``/``build_tail`` get the model's :class:`~ipt.core.model.config.ModelConfig` and return a fresh
@@ -107,9 +109,6 @@ class TaskSpec(BaseModel):
     extra_inputs: tuple[ExtraInput, ...] = ()
     metrics: MetricConventions = MetricConventions()
     params: dict[str, Any] = Field(default_factory=dict)
-    plugin: str | None = None
-    distribution: str | None = None
-    version: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -205,8 +204,6 @@ class TaskSpec(BaseModel):
                 f"NaN/inf values (training skips such steps)", RuntimeWarning, stacklevel=3,
             )
 
-    def with_origin(self, plugin: str, distribution: str | None, version: str | None) -> "TaskSpec":
-        return self.model_copy(update={"plugin": plugin, "distribution": distribution, "version": version})
 
     def describe(self) -> dict[str, Any]:
         """A JSON-friendly summary (for ``ipt tasks``)."""
@@ -226,7 +223,7 @@ class TaskSpec(BaseModel):
         }
 
 
-class TaskFamily(BaseModel):
+class TaskFamily(PluginItem):
     """A parametric family of tasks resolved on demand, e.g. ``denoise<sigma>`` -> ``denoise10``, ``denoise70``.
 
     ``pattern`` is a regular expression with named groups that must match the whole task name; ``build`` gets
@@ -240,9 +237,6 @@ class TaskFamily(BaseModel):
     pattern: str
     build: Callable[..., TaskSpec]
     examples: list[str] = Field(default_factory=list)
-    plugin: str | None = None
-    distribution: str | None = None
-    version: str | None = None
 
     @field_validator("pattern")
     @classmethod
@@ -257,5 +251,3 @@ class TaskFamily(BaseModel):
         m = re.fullmatch(self.pattern, task_name)
         return m.groupdict() if m else None
 
-    def with_origin(self, plugin: str, distribution: str | None, version: str | None) -> "TaskFamily":
-        return self.model_copy(update={"plugin": plugin, "distribution": distribution, "version": version})
