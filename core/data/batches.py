@@ -208,7 +208,23 @@ class _BatchMaker:
         return {"step": step, "task": task, "lr": lr.contiguous(), "hr": hr.contiguous()}
 
 
-class TrainBatches(torch.utils.data.Dataset):
+class _SkipReport:
+    """``skipped`` and ``bad`` of a batch source (its ``_maker`` holds the :class:`SkipLog`)."""
+
+    _maker: _BatchMaker
+
+    @property
+    def skipped(self) -> Counter[str]:
+        """Images skipped so far by this process, by reason (``corrupt``, ``unsupported_mode``, ``too_small``)."""
+        return self._maker.skips.skipped
+
+    @property
+    def bad(self) -> list[tuple[str, str]]:
+        """``(path, what is wrong)`` of every skipped image, once each."""
+        return self._maker.skips.bad
+
+
+class TrainBatches(_SkipReport, torch.utils.data.Dataset):
     """Map-style training batches: item ``step`` = ``dict(step, task, lr (B,3,P,P), hr (B,3,P*s,P*s))``.
 
     Everything in an item is drawn from a generator seeded with ``(seed, step, rank)``, so items do not depend
@@ -288,16 +304,6 @@ class TrainBatches(torch.utils.data.Dataset):
         return draws
 
     @property
-    def skipped(self) -> Counter[str]:
-        """Images skipped so far, by reason (``corrupt``, ``unsupported_mode``, ``too_small``)."""
-        return self._maker.skips.skipped
-
-    @property
-    def bad(self) -> list[tuple[str, str]]:
-        """``(path, what is wrong)`` of every skipped image, once each."""
-        return self._maker.skips.bad
-
-    @property
     def min_side(self) -> int:
         """The smallest usable image side: the patch size times the largest scheduled scale."""
         return self._maker.min_side
@@ -313,7 +319,7 @@ class TrainBatches(torch.utils.data.Dataset):
         return self._maker.make(step, draws, self._maker.generator(step))
 
 
-class StreamingTrainBatches(torch.utils.data.IterableDataset):
+class StreamingTrainBatches(_SkipReport, torch.utils.data.IterableDataset):
     """Training batches from a streamed dataset, same item format as :class:`TrainBatches`.
 
     The stream is split by node (``datasets.distributed.split_dataset_by_node``) and, inside a DataLoader, by
@@ -361,15 +367,6 @@ class StreamingTrainBatches(torch.utils.data.IterableDataset):
         # One fresh image per crops_per_image patches (the same decode budget per patch as map-style batches).
         self.refresh = -(-batch_size // crops_per_image) if refresh is None else refresh
         self.start_step = start_step
-
-    @property
-    def skipped(self) -> Counter[str]:
-        """Images skipped so far by this process, by reason."""
-        return self._maker.skips.skipped
-
-    @property
-    def bad(self) -> list[tuple[str, str]]:
-        return self._maker.skips.bad
 
     @property
     def max_workers(self) -> int:
