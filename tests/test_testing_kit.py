@@ -275,3 +275,30 @@ def test_plugin_written_against_the_old_imports_still_works(registry_with: Any, 
     spec = registry_with(_spec(name="oldimports", build_head=head)).tasks["oldimports"]  # as registered
     kit.assert_model_shapes(spec)
     kit.assert_save_load_roundtrip(spec, tmp_path)
+
+
+def test_flat_module_names_of_release_0_1_still_import() -> None:
+    """User scripts (e.g. ``from ipt.core.resize import imresize`` in a bug report) keep working for one release:
+    each old name is the moved module itself, with a DeprecationWarning that names the new home."""
+    import importlib
+    import sys
+
+    import ipt.core
+    from ipt.core.images import resize
+
+    for old, new in ipt.core.MOVED_MODULES.items():
+        sys.modules.pop(f"ipt.core.{old}", None)
+        with pytest.warns(DeprecationWarning, match=f"ipt.core.{old} moved to ipt.core.{new}"):
+            module = importlib.import_module(f"ipt.core.{old}")
+        assert module is importlib.import_module(f"ipt.core.{new}")
+        assert module.__spec__.name == f"ipt.core.{new}"  # the real module keeps its own identity
+    from ipt.core.resize import imresize  # the line of case 15's script
+
+    assert imresize is resize.imresize
+    with pytest.warns(DeprecationWarning, match="moved to ipt.core.inference.restorer"):
+        from ipt.core.inference import TaskRestorer
+    from ipt.core.inference.restorer import TaskRestorer as moved
+
+    assert TaskRestorer is moved
+    with pytest.raises(ImportError):
+        importlib.import_module("ipt.core.no_such_module")
