@@ -525,3 +525,16 @@ def test_resume_ignores_inactive_options_of_an_older_record(tmp_path: Path) -> N
     config.write_text(json.dumps(data))
     train(cfg(run, tasks=["sr2"], max_steps=2, resume="latest"))
     assert yaml.safe_load((run / "config.yaml").read_text())["fresh_lr_scale"] == TrainConfig.default_of("fresh_lr_scale")
+
+
+def test_max_minutes_ends_the_run_as_max_steps_would(tmp_path: Path) -> None:
+    """A time budget (--max-minutes) stops after the first step past it and still writes the last checkpoint and
+    the final model; the lr schedule is still that of --max-steps (no decay was reached)."""
+    final = train(cfg(tmp_path / "a", tasks=["sr2"], lr=1e-3, max_steps=1000, max_minutes=1e-6))
+    assert (final / "model.safetensors").is_file()
+    assert [s for s, _ in list_checkpoints(tmp_path / "a")] == [1]
+    recs = records(tmp_path / "a")
+    assert steps_logged(tmp_path / "a") == [1]
+    assert recs[-1]["lr"] == pytest.approx(1e-3)
+    meta = json.loads((final / "config.json").read_text())
+    assert meta["training"]["step"] == 1

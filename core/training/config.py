@@ -94,6 +94,10 @@ class TrainConfig(BaseModel):
     epochs: float | None = Field(
         None, gt=0, description="Train this many epochs instead of --max-steps (needs a sized dataset)"
     )
+    max_minutes: float | None = Field(
+        None, gt=0, description="Also stop after this many minutes of training in this process (a time budget): "
+        "the run ends as at --max-steps (last checkpoint, final model); the lr schedule stays that of --max-steps"
+    )
     # Default 4, measured (`ipt bench --what data`, BSDS500 JPEGs, one core): 1 crop per decode gives 450-530
     # patches/s/core for sr2/denoise30/derain, 4 crops 1,340-2,090 (target >= 1,000), 16 crops 2,900-5,500.
     crops_per_image: int = Field(

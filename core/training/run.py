@@ -168,6 +168,7 @@ class Run:
     saved_at: int = -1  # step of this run's newest checkpoint
     good_checkpoint: Path | None = None  # newest checkpoint saved while no non-finite streak was running
     last_save_time: float = field(default_factory=time.monotonic)
+    began: float = field(default_factory=time.monotonic)  # start of this process's training (--max-minutes)
 
 
 def _agree(acc: Any, error: BaseException | None) -> None:
@@ -355,8 +356,12 @@ def run_loop(run: Run, data: Data) -> None:
                     continue
                 _one_step(run, data, pending, trace, window)
                 pending = []
-                _checkpoint_or_stop(run, signals)
+                out_of_time = _checkpoint_or_stop(run, signals)
                 if run.trainer.state.step >= run.total:
+                    break
+                if out_of_time:
+                    run.log.say(f"step {run.trainer.state.step}: --max-minutes {cfg.max_minutes:g} reached; "
+                                f"finishing as at --max-steps")
                     break
     finally:
         run.log.close()
@@ -456,13 +461,18 @@ def _save(run: Run) -> Path:
     return ck
 
 
-def _checkpoint_or_stop(run: Run, signals: StopSignals) -> None:
+def _checkpoint_or_stop(run: Run, signals: StopSignals) -> bool:
     """Save every ``--save-every`` steps or ``--save-every-minutes`` (the main process's clock decides for all)
-    and, when a stop signal arrived on any rank, save and raise :class:`TrainingInterrupted`."""
+    and, when a stop signal arrived on any rank, save and raise :class:`TrainingInterrupted`.
+
+    Returns True when ``--max-minutes`` of training have passed (again the main process's clock, for all ranks).
+    """
     done, cfg = run.trainer.state.step, run.cfg
+    now = time.monotonic()
     due = bool(cfg.save_every_minutes) and run.acc.is_main_process and (
-        time.monotonic() - run.last_save_time >= 60 * cfg.save_every_minutes)
-    stop, due = _agreed_flags(run, signals.received is not None, due)
+        now - run.last_save_time >= 60 * cfg.save_every_minutes)
+    late = bool(cfg.max_minutes) and run.acc.is_main_process and now - run.began >= 60 * cfg.max_minutes
+    stop, due, late = _agreed_flags(run, signals.received is not None, due, late)
     if (done % cfg.save_every == 0 or due or stop) and done != run.total and run.saved_at != done:
         ck = _save(run)
         if due and not stop:
@@ -470,6 +480,7 @@ def _checkpoint_or_stop(run: Run, signals: StopSignals) -> None:
     if stop and done < run.total:
         signum = signals.received or 15  # a rank that saw no signal itself follows the others (as SIGTERM)
         raise TrainingInterrupted(signum, done, run.run_dir / CHECKPOINTS / f"step-{run.saved_at}")
+    return late
 
 
 # -- step 4: finish ------------------------------------------------------------------------------------------------
