@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("ipt.core.commands.export", "export one task for spandrel/chaiNNer/ComfyUI (official layout) or ONNX"),
     "push": ("ipt.core.commands.push", "upload a model directory to the Hugging Face Hub with a model card"),
     "plot": ("ipt.core.commands.plot", "plot loss and validation PSNR per task of a training run (PNG)"),
+    "merge": ("ipt.core.commands.merge", "put tasks fine-tuned on a frozen body back into a multi-task model"),
 }
 
 

@@ -26,7 +26,7 @@ TASKS = ["sr2", "sr3", "denoise30"]
 
 @pytest.fixture(scope="module")
 def model12() -> IPT:
-    """A tiny model with the 12 attention heads spandrel assumes (the bundled model has 4)."""
+    """A tiny model with the 12 attention heads spandrel assumes (random weights)."""
     torch.manual_seed(0)
     return IPT(preset("tiny", num_heads=12), TASKS).eval()
 
@@ -117,3 +117,21 @@ def test_cli_export_official_and_refusal(model12: IPT, tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "4 attention heads" in err
     assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.parametrize("task", ["sr2", "sr4", "denoise30", "derain"])
+def test_bundled_model_exports_every_task_for_spandrel(task: str, tmp_path: Path) -> None:
+    """Issue 17: the bundled model has 12 heads, so each of its tasks opens in spandrel (chaiNNer, ComfyUI) as IPT
+    and computes our trained function (measured max |diff| 5e-5 to 9e-5 on 0-255)."""
+    from ipt.core.checkpoints.bundled import bundled_model_dir
+
+    out = tmp_path / f"ipt_{task}.pth"
+    assert main(["export", "bundled", "--format", "official", "--task", task, "-o", str(out)]) == 0
+    desc = _spandrel_load(out)
+    model = IPT.from_pretrained(bundled_model_dir()).eval()
+    assert desc.architecture.name == "IPT" and desc.scale == model.scale(task)
+    x = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        theirs = desc(x / 255) * 255
+        ours = model(x, task).clamp(0, 255)
+    assert float((theirs - ours).abs().max()) <= 1e-3
