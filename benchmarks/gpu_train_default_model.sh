@@ -32,7 +32,7 @@ if [ -z "${NO_WHEELS:-}" ] && ls .whl/*.whl >/dev/null 2>&1; then
       .whl/alt/*.whl && export PYTHONPATH=/tmp/site2:/tmp/site
   fi
 fi
-python3 -c "import ipt" 2>/dev/null || python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
+python3 -c "import importlib.metadata as m; m.version('ipt-framework')" 2>/dev/null || python3 -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -3
 python3 -c "import torch, datasets, pydantic, pyarrow; print('torch', torch.__version__, 'datasets', datasets.__version__,
 'pydantic', pydantic.VERSION, 'pyarrow', pyarrow.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$out/train.log"
 
