@@ -381,7 +381,10 @@ def test_pad_border_reflects_and_falls_back_to_replicate() -> None:
 
 def test_bundled_model_flat_images_every_task() -> None:
     """Every task of the registry, with the bundled model (which holds them all): flat grey and white pages come
-    back flat to within 4 levels at the border as inside (was up to 87 levels off for sr4 without the margin)."""
+    back flat to within 4 levels at the border as inside (was up to 87 levels off for sr4 without the margin).
+
+    A noise-free page is out of distribution for the denoisers, which draw a faint texture on it everywhere (v2:
+    up to 7 levels, MODEL_CARD "Limits"); for them the border may be no worse than the interior (+1 level)."""
     from ipt.core.checkpoints.bundled import bundled_model_dir
     from ipt.core.checkpoints.pretrained import read_config
     from ipt.core.evaluation.metrics import quantize
@@ -395,4 +398,11 @@ def test_bundled_model_flat_images_every_task() -> None:
         for value, size in ((255.0, (40, 40)), (128.0, (23, 50))):
             y = quantize(restorer(torch.full((3, *size), value)))
             assert y.shape[-2:] == (size[0] * restorer.scale, size[1] * restorer.scale)
-            assert float((y - value).abs().max()) <= 4, (task, value)
+            err = (y - value).abs()
+            if not task.startswith("denoise"):
+                assert float(err.max()) <= 4, (task, value)
+                continue
+            band = 4 * restorer.scale
+            inner = err[..., band:-band, band:-band]
+            assert float(err.max()) <= float(inner.max()) + 1, (task, value, float(err.max()), float(inner.max()))
+            assert float(err.max()) <= 8, (task, value)
