@@ -3,12 +3,10 @@
 
 
 def __getattr__(name: str):  # noqa: ANN202 - 0.1 compatibility: ``from ipt.core.inference import TaskRestorer``
+    if name not in ("InferenceOptions", "TaskRestorer", "load_task_model", "resolve_device"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
+    import warnings
 
-    restorer = importlib.import_module("ipt.core.inference.restorer")
-    if name in ("InferenceOptions", "TaskRestorer", "load_task_model", "resolve_device"):
-        import warnings
-
-        warnings.warn(f"ipt.core.inference.{name} moved to ipt.core.inference.restorer", DeprecationWarning, stacklevel=2)
-        return getattr(restorer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"ipt.core.inference.{name} moved to ipt.core.inference.restorer", DeprecationWarning, stacklevel=2)
+    return getattr(importlib.import_module("ipt.core.inference.restorer"), name)
