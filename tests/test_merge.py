@@ -67,3 +67,13 @@ def test_merge_names_a_missing_task(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code != 0
     assert "deblur" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_merge_takes_the_model_names_other_commands_take(tmp_path: Path) -> None:
+    """'bundled' (and Hub ids) resolve as in ipt eval/export: merging the bundled model's derain into itself gives
+    the bundled weights back exactly."""
+    from ipt.core.checkpoints.bundled import bundled_model_dir
+
+    assert ipt_main(["merge", "bundled", "bundled", "-o", str(tmp_path / "out"), "--tasks", "derain"]) == 0
+    ours, bundled = (load_file(str(d / "model.safetensors")) for d in (tmp_path / "out", bundled_model_dir()))
+    assert set(ours) == set(bundled) and all(torch.equal(ours[k], bundled[k]) for k in bundled)
