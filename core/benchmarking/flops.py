@@ -73,6 +73,7 @@ def counted_flops_per_patch(model: IPT, task: str) -> int:
     counts = []
     for batch in (1, 2):
         x = torch.rand(batch, 3, size, size, device=p.device, dtype=p.dtype) * model.config.rgb_range
+        model.body.clear_inference_cache()  # both calls project the task embedding (inference caches it)
         with torch.no_grad(), onednn_paths(inference=False, training=False), sdpa_kernel(SDPBackend.MATH), \
                 FlopCounterMode(display=False) as counter:
             model(x, task)

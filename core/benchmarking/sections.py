@@ -19,7 +19,8 @@ from torch import nn
 
 from ipt.core.benchmarking.timing import Stopwatch, Timings, median_ratio, time_interleaved
 from ipt.core.evaluation.metrics import psnr, quantize
-from ipt.core.images.photos import sized_photo
+from ipt.core.images.photos import heldout_photos, sized_photo
+from ipt.core.inference.int8_calibration import ensure_int8_calibration, task_patches
 from ipt.core.inference.precision import precision
 from ipt.core.inference.tiling import TiledRestorer, count_tiles, official_forward_chop, official_tile_count
 from ipt.core.model.ipt import IPT
@@ -61,14 +62,24 @@ class BenchSetup:
     _compiled: nn.Module | None = None
     _reference_per_patch: float | None = None
 
+    def __post_init__(self) -> None:
+        if "int8" in self.settings.dtypes:  # the static int8 scales, as ipt restore makes them (not timed)
+            ensure_int8_calibration(self.model, self.task)
+
     @property
     def scale(self) -> int:
         return self.model.scale(self.task)
 
     def patches(self, batch: int) -> torch.Tensor:
-        """``batch`` random patches (B, 3, S, S) on 0-255 (seeded, the same for every variant)."""
-        size = self.model.config.patch_size
-        x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(1)) * self.model.config.rgb_range
+        """``batch`` network inputs (B, C, S, S) on 0-255, the same for every variant: crops of the held-out
+        built-in photos degraded by the task (:func:`~ipt.core.inference.int8_calibration.task_patches`; natural
+        content, which the int8 path's speed depends on), or seeded uniform noise without those photos."""
+        try:
+            x = task_patches(self.model, self.task, heldout_photos(), batch, seed=1)
+        except FileNotFoundError:
+            size = self.model.config.patch_size
+            gen = torch.Generator().manual_seed(1)
+            x = torch.rand(batch, 3, size, size, generator=gen) * self.model.config.rgb_range
         return x.to(self.device)
 
     def compiled_model(self) -> nn.Module:

@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from ipt.core.inference.int8_calibration import ensure_int8_calibration
 from ipt.core.inference.precision import check_precision, precision, resolve_device
 from ipt.core.inference.tiling import TiledRestorer, official_forward_chop
 
@@ -137,6 +138,8 @@ class TaskRestorer:
         self.net = TileModel.of(model, task, self.device, scale, tile)
         self.scale, self.tile = self.net.scale, self.net.tile
         self.model, self.extra_channels = self.net.model, self.net.extra_channels
+        if self.precision == "int8" and self.model is not None:
+            ensure_int8_calibration(self.model, task)  # static scales, the same for every image (once per task)
         self.tiles = 0
 
     def _fn(self, tiles: Tensor) -> Tensor:

@@ -7,12 +7,34 @@ import math
 import torch
 from torch import nn
 
+from ipt.core.model import int8
 from ipt.core.model.config import ModelConfig
+from ipt.core.model.fused_linear import PackedWeights
 
 
-def conv(in_ch: int, out_ch: int, kernel: int) -> nn.Conv2d:
-    """Same-padded convolution with bias."""
-    return nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=True)
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state-dict names) that also runs in calibrated int8 CPU inference
+    (:func:`ipt.core.model.int8.int8_conv2d`) and records its input range during an int8 calibration pass.
+    ``relu=True`` fuses a ReLU into the convolution."""
+
+    def __init__(self, *args, int8_inference: bool = False, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.packed = PackedWeights()
+        self.int8_inference = int8_inference
+
+    def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:  # noqa: D102
+        int8.observe(self.packed, "input", x)
+        if self.int8_inference and int8.int8_active() and int8.applies(x):
+            y = int8.int8_conv2d(self, x, self.packed, relu=relu)
+            if y is not None:
+                return y
+        y = super().forward(x)
+        return torch.relu_(y) if relu else y
+
+
+def conv(in_ch: int, out_ch: int, kernel: int, int8_inference: bool = False) -> Conv2d:
+    """Same-padded convolution with bias; ``int8_inference``: it runs in int8 under calibrated int8 inference."""
+    return Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=True, int8_inference=int8_inference)
 
 
 class ResBlock(nn.Module):
@@ -20,9 +42,13 @@ class ResBlock(nn.Module):
 
     def __init__(self, channels: int, kernel: int = 5) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv(channels, channels, kernel), nn.ReLU(inplace=True), conv(channels, channels, kernel))
+        self.body = nn.Sequential(conv(channels, channels, kernel, int8_inference=True), nn.ReLU(inplace=True),
+                                  conv(channels, channels, kernel, int8_inference=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if int8.int8_active():  # the ReLU fused into the first convolution's int8 epilogue
+            first, _, second = self.body
+            return second(first(x, relu=True)) + x
         return self.body(x) + x
 
 

@@ -8,11 +8,9 @@ uses for them; it picks, per call:
 * **CPU training in fp32** (autograd on): :class:`OneDNNLinearFunction`, oneDNN for the forward product and for the
   input gradient (``grad @ W``, read through a transposed view of the weight, no copy), MKL for the weight
   gradient, where oneDNN is no faster; no packing, since weights change every step;
-* **CPU int8 inference** (inside :func:`int8_inference`, no autograd, fp32 activations): oneDNN's quantized GEMM
-  (``onednn::qlinear_pointwise``, the kernel Inductor's x86 int8 path uses) on weights quantized once per output
-  channel (symmetric int8, cached in the :class:`PackedWeights`) and activations quantized on the fly per patch
-  (asymmetric uint8, one scale per sample of the batch from its own min/max: no calibration, and a tile's result
-  does not depend on the other tiles of its batch), bias/ReLU/residual fused, fp32 out;
+* **CPU int8 inference** (inside :func:`~ipt.core.model.int8.int8_inference`, no autograd, fp32 activations):
+  oneDNN's quantized GEMM on weights quantized once per output channel (cached in the :class:`PackedWeights`) and
+  uint8 activations with calibrated static scales, or per-patch dynamic ones (:mod:`ipt.core.model.int8`);
 * **everything else** (CUDA, autocast training, ``torch.compile``, other dtypes): ``F.linear`` / ``addmm``.
 
 Why: on the CPU we measured (AMD EPYC Zen 4, ``benchmarks/RESULTS.md``) oneDNN runs IPT's
@@ -26,13 +24,15 @@ misbehaves.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
+
+from ipt.core.model import int8
+from ipt.core.model.int8 import int8_available, int8_inference, quantize_activation  # noqa: F401 - public here too
 
 
 def _env_switch(name: str, default: bool = True) -> bool:
@@ -53,33 +53,6 @@ ONEDNN_INFERENCE = _env_switch("IPT_ONEDNN")
 #: Use :class:`OneDNNLinearFunction` for fp32 CPU training (autograd on).
 ONEDNN_TRAINING = ONEDNN_INFERENCE
 _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_HAS_ONEDNN_INT8 = torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
-_INT8 = False  # set by int8_inference()
-
-
-def int8_available() -> bool:
-    """True where this PyTorch build has oneDNN's quantized linear kernels (x86 CPUs with oneDNN)."""
-    return _HAS_ONEDNN_INT8
-
-
-@contextlib.contextmanager
-def int8_inference(enabled: bool = True) -> Iterator[None]:
-    """Run the linear layers of CPU inference (no autograd, fp32) in int8 inside a ``with`` block.
-
-    Raises ``RuntimeError`` when this build has no oneDNN int8 kernels. Convolutions, LayerNorm and attention keep
-    fp32; see the module docstring for the quantization scheme.
-    """
-    global _INT8
-    if enabled and not _HAS_ONEDNN_INT8:
-        raise RuntimeError("int8 inference needs PyTorch with oneDNN's quantized linear (onednn::qlinear_pointwise) "
-                           "on an x86 CPU; this build has none")
-    old, _INT8 = _INT8, enabled
-    try:
-        yield
-    finally:
-        _INT8 = old
-
-
 @contextlib.contextmanager
 def onednn_paths(*, inference: bool | None = None, training: bool | None = None) -> Iterator[None]:
     """Switch the oneDNN paths on or off inside a ``with`` block (``None`` leaves a path as it is)."""
@@ -104,63 +77,6 @@ def _onednn_inference_dtype(x: torch.Tensor) -> torch.dtype | None:
     if torch.is_autocast_enabled("cpu"):
         return torch.bfloat16 if torch.get_autocast_dtype("cpu") == torch.bfloat16 else None
     return x.dtype if x.dtype in (torch.float32, torch.bfloat16) else None
-
-
-def _int8_applies(x: torch.Tensor) -> bool:
-    """True where the int8 inference path computes a linear layer on ``x``."""
-    if not _INT8 or x.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
-        return False
-    return x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and x.numel() > 0
-
-
-def quantize_activation(x: torch.Tensor) -> tuple[torch.Tensor, float, int] | None:
-    """``x`` (fp32, any shape) as asymmetric uint8 over its own range (which always includes 0):
-    ``x ~= (q - zero_point) * scale``; returns (q, scale, zero_point), or None if ``x`` is not finite."""
-    lo, hi = (float(v) for v in torch.aminmax(x))
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return None
-    scale = (hi - lo) / 255 if hi > lo else 1.0
-    zero_point = min(255, max(0, round(-lo / scale)))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*deprecated", category=UserWarning)
-        q = torch.quantize_per_tensor(x, scale, zero_point, torch.quint8)
-    # The quantized tensor's bytes as a plain uint8 tensor, without the copy ``int_repr()`` makes. (The quantized
-    # tensor API is deprecated in favour of torchao; it is the one fast eager quantization kernel in torch 2.14.)
-    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), 0, q.shape, q.stride()), scale, zero_point
-
-
-def _int8_linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool, residual: torch.Tensor | None,
-    packed: PackedWeights, name: str,
-) -> torch.Tensor | None:
-    """The int8 path of :func:`linear` (fp32 result), or None when ``x`` is not finite (the caller falls back).
-
-    ``x`` (B, N, K) is quantized per sample (one scale per patch), and each sample's GEMM accumulates into its
-    rows of the output (oneDNN's ``sum`` post-op): a patch's result depends on that patch only, not on the other
-    patches of the batch (the same tile gives the same bits alone or batched with other images' tiles).
-    """
-    k = x.shape[-1]
-    samples = x.reshape(-1, *x.shape[-2:]) if x.dim() >= 3 else x.reshape(1, -1, k)
-    w, w_scales, w_zeros = packed.get_int8(name, weight)
-    b = None if bias is None else bias.float()
-    fuse_residual = residual is not None and not relu and residual.dtype == torch.float32
-    rows = samples.shape[0] * samples.shape[1]
-    if fuse_residual:
-        out = residual.reshape(rows, -1).clone()  # type: ignore[union-attr]
-    else:
-        out = torch.zeros(rows, weight.shape[0], dtype=torch.float32, device=x.device)
-    out3 = out.view(samples.shape[0], samples.shape[1], -1)
-    for i, sample in enumerate(samples):
-        quantized = quantize_activation(sample.contiguous())
-        if quantized is None:
-            return None
-        q, scale, zp = quantized
-        torch.ops.onednn.qlinear_pointwise.binary(
-            q, scale, zp, w, w_scales, w_zeros, out3[i], b, 1.0, 0, torch.float32, 1.0, 0, "sum", 1.0,
-            "relu" if relu else "none", [], "")
-    y = out.view(*x.shape[:-1], -1)
-    return y if residual is None or fuse_residual else residual + y
 
 
 def _onednn_training_applies(
@@ -214,6 +130,33 @@ class PackedWeights:
             q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
             zeros = torch.zeros(w.shape[0], dtype=torch.int32)
             hit = self._entries[(name, torch.int8)] = (stamp, (torch.ops.onednn.qlinear_prepack(q, None), scales, zeros))
+        return hit[1]  # type: ignore[return-value]
+
+    def get_int8_conv(self, name: str, weight: torch.Tensor, geometry: tuple[list[int], list[int], list[int], int]
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A convolution ``weight`` (O, I, kh, kw) with ``geometry`` (stride, padding, dilation, groups) quantized
+        per output channel (symmetric int8) and packed for oneDNN's quantized convolution: (packed weight,
+        scales (O,) fp32, zero points (O,) int64)."""
+        stamp = self._stamp(weight)
+        hit = self._entries.get((name, torch.qint8))
+        if hit is None or hit[0] != stamp:
+            w = weight.detach().float()
+            scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-12)
+            q = torch.round(w / scales[:, None, None, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            zeros = torch.zeros(w.shape[0], dtype=torch.int64)
+            # x_scale/x_zp only guide oneDNN's choice of weight layout; any input scale works at run time (tested).
+            prepacked = torch.ops.onednn.qconv_prepack(q, scales, 1.0, 0, *geometry, None)
+            hit = self._entries[(name, torch.qint8)] = (stamp, (prepacked, scales, zeros))
+        return hit[1]  # type: ignore[return-value]
+
+    def constant(self, name: str, inputs: tuple[torch.Tensor, ...], compute: "Callable[[], torch.Tensor]"
+                 ) -> torch.Tensor:
+        """``compute()``, cached under ``name`` until one of ``inputs`` changes (new storage or in-place write):
+        for inference results that do not depend on the batch, like a projected task embedding."""
+        stamp = tuple(self._stamp(t) for t in inputs)
+        hit = self._entries.get((name, None))  # type: ignore[arg-type]
+        if hit is None or hit[0] != stamp:
+            hit = self._entries[(name, None)] = (stamp, compute())  # type: ignore[index]
         return hit[1]  # type: ignore[return-value]
 
     def clear(self) -> None:
@@ -290,10 +233,12 @@ def linear(
     (``addmm`` with beta=1: one pass over the activations and one temporary fewer); under autocast the product is
     in half precision and the add stays separate, so the residual stream keeps fp32 (``addmm`` would round it).
     """
-    if packed is not None and _int8_applies(x):
-        y = _int8_linear(x, weight, bias, relu, residual, packed, name)
-        if y is not None:
-            return y
+    if packed is not None:
+        int8.observe(packed, name, x)
+        if int8.applies(x):
+            y = int8.int8_linear(x, weight, bias, relu, residual, packed, name)
+            if y is not None:
+                return y
     lead, k = x.shape[:-1], x.shape[-1]
     fast = _onednn_inference_dtype(x) if packed is not None else None
     if fast is not None:

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ipt.core.model.blocks import build_head, build_tail
 from ipt.core.model.config import ModelConfig, preset
+from ipt.core.model import int8
 from ipt.core.model.fused_linear import PackedWeights, linear
 from ipt.registry import get_task
 from ipt.registry.manager import PluginError
@@ -57,6 +58,15 @@ class Attention(nn.Module):
         out = rearrange(out, "b h n d -> b n (h d)")
         return linear(out, self.proj.weight, residual=residual, packed=self.packed, name="proj")
 
+    def _embed_projection(self, qk_embed: torch.Tensor) -> torch.Tensor:
+        """``qk_embed @ W_qk.T`` (N, 2D): the task embedding through the q/k projections. In inference it is the
+        same for every batch of a task, so it is computed once (fp32) and cached until the weight or embedding
+        changes; with autograd on it is part of the graph and computed every call."""
+        w = self.qkv.weight[: 2 * self.dim]
+        if torch.is_grad_enabled():
+            return linear(qk_embed, w, packed=self.packed, name="qk")
+        return self.packed.constant("qk", (w, qk_embed), lambda: F.linear(qk_embed, w))
+
     def forward(
         self, x: torch.Tensor, qk_embed: torch.Tensor | None = None, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -65,7 +75,7 @@ class Attention(nn.Module):
         qkv = linear(x, w, packed=self.packed, name="qkv")  # (B, N, 3D)
         q, k, v = qkv.chunk(3, dim=-1)
         if qk_embed is not None:
-            eq, ek = linear(qk_embed, w[: 2 * self.dim], packed=self.packed, name="qk").chunk(2, dim=-1)  # (N, D)
+            eq, ek = self._embed_projection(qk_embed).chunk(2, dim=-1)  # (N, D) each
             q, k = q + eq, k + ek
         return self._attend(q, k, v, residual)
 
@@ -84,9 +94,14 @@ class Attention(nn.Module):
 
 
 def mlp_forward(mlp: Mlp, x: torch.Tensor, residual: torch.Tensor, packed: PackedWeights, name: str) -> torch.Tensor:
-    """``residual + fc2(relu(fc1(x)))`` for timm's ``Mlp`` (ReLU, no norm); in training with dropout, timm's own."""
+    """``residual + fc2(relu(fc1(x)))`` for timm's ``Mlp`` (ReLU, no norm); in training with dropout, timm's own;
+    in calibrated int8 inference one fused pair of GEMMs (:func:`ipt.core.model.int8.int8_mlp`)."""
     if mlp.training and (mlp.drop1.p > 0 or mlp.drop2.p > 0):
         return residual + mlp(x)
+    if int8.int8_active():
+        y = int8.int8_mlp(x, (mlp.fc1.weight, mlp.fc1.bias), (mlp.fc2.weight, mlp.fc2.bias), residual, packed, name)
+        if y is not None:
+            return y
     h = linear(x, mlp.fc1.weight, mlp.fc1.bias, relu=True, packed=packed, name=f"{name}.fc1")  # (B, N, M)
     return linear(h, mlp.fc2.weight, mlp.fc2.bias, residual=residual, packed=packed, name=f"{name}.fc2")
 
@@ -213,6 +228,8 @@ class IPT(nn.Module):
         self.tails = nn.ModuleDict()
         self.task_embed = nn.ParameterDict()
         self.task_specs: dict[str, TaskSpec] = {}
+        #: int8 calibration tables by task (:meth:`calibrate_int8`); not part of the state dict
+        self.int8_ranges: dict[str, int8.ActivationRanges] = {}
         mean = torch.tensor(config.rgb_mean, dtype=torch.float32).view(1, 3, 1, 1) * config.rgb_range
         self.register_buffer("rgb_mean", mean, persistent=False)
         for task in tasks:
@@ -282,13 +299,36 @@ class IPT(nn.Module):
                 f"IPT's body takes (B,{c},{s},{s}) patches for task {task!r}, got {tuple(x.shape)}; "
                 "restore whole images with ipt.core.tiling.TiledRestorer"
             )
+        if int8.int8_active():  # with the task's calibration table, if it has one; outputs back in NCHW
+            with int8.use_ranges(self.int8_ranges.get(task)):
+                y, tokens = self._forward(x, task, c)
+            y = y.contiguous()
+        else:
+            y, tokens = self._forward(x, task, c)
+        return (y, tokens) if return_tokens else y
+
+    def _forward(self, x: torch.Tensor, task: str, c: int) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.rgb_mean.to(x.dtype)
         # Only the RGB channels are centred; a task's extra input channels (mask, guide) reach the head as given.
         centred = x - mean if c == 3 else torch.cat([x[:, :3] - mean, x[:, 3:]], dim=1)
         f = self.heads[task](centred)
         tokens = self.body.tokens(f, self.task_embed[task])
-        y = self.tails[task](self.body.fold(tokens) + f) + mean
-        return (y, tokens) if return_tokens else y
+        return self.tails[task](self.body.fold(tokens) + f) + mean, tokens
+
+    def calibrate_int8(self, task: str, patches: torch.Tensor, margin: float = 1.0,
+                       batch: int = 4) -> int8.ActivationRanges:
+        """Static int8 scales for ``task``: run ``patches`` (B, C, S, S) on 0-255 through the model in fp32 (no
+        autograd, ``batch`` at a time), record the range of every linear layer's input, and keep the table for
+        the int8 forwards of ``task`` (:mod:`ipt.core.model.int8`). Returns the table. Calibrate again after
+        changing the weights (loading a state dict or moving the model drops the tables)."""
+        self._check_task(task)
+        ranges = int8.ActivationRanges(margin)
+        with torch.inference_mode(), torch.autocast(patches.device.type, enabled=False), int8.observing(ranges):
+            for chunk in patches.split(batch):
+                self(chunk.float(), task)
+        ranges.patches = int(patches.shape[0])
+        self.int8_ranges[task] = ranges
+        return ranges
 
     # -- persistence ---------------------------------------------------------------------------------------
     def save_pretrained(self, directory: "str | Path", **extra: object) -> "Path":
@@ -305,8 +345,17 @@ class IPT(nn.Module):
         return load_pretrained(directory, tasks=tasks)
 
     def clear_inference_cache(self) -> None:
-        """See :meth:`IPTBody.clear_inference_cache`."""
+        """See :meth:`IPTBody.clear_inference_cache`; also drops the int8 calibration tables."""
         self.body.clear_inference_cache()
+        self.int8_ranges.clear()
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 - nn.Module's signature
+        self.int8_ranges.clear()  # calibrated on the old weights/device
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - nn.Module's signature
+        self.int8_ranges.clear()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
