@@ -253,3 +253,22 @@ def test_task_embedding_projection_is_cached_in_inference_and_follows_weight_cha
         reference = model(x, "denoise30")  # autograd path: projected every call
     assert not torch.equal(first, changed)
     assert torch.allclose(changed, reference, atol=1e-3)
+
+
+def test_int8_without_the_built_in_photos_warns_and_runs_with_dynamic_scales(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipt.core.inference import int8_calibration
+
+    def missing() -> list:
+        raise FileNotFoundError("the built-in photos need the package 'scikit-image', which is not installed")
+
+    monkeypatch.setattr(int8_calibration, "train_photos", missing)
+    torch.manual_seed(0)
+    model = IPT(preset("tiny", num_enc_layers=1, num_dec_layers=1, n_feats=8, num_heads=2), ["denoise30"]).eval()
+    image = torch.rand(3, 40, 56) * 255
+    with pytest.warns(RuntimeWarning, match="dynamic per-patch scales"):
+        restorer = TaskRestorer(model, "denoise30", InferenceOptions(device="cpu", dtype="int8"))
+    assert model.int8_ranges == {}
+    out = restorer(image)
+    fp32 = TaskRestorer(model, "denoise30", InferenceOptions(device="cpu"))(image)
+    assert out.shape == (3, 40, 56) and not torch.equal(out, fp32)
+    assert (out - fp32).abs().max() < 5

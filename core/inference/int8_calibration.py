@@ -11,6 +11,7 @@ restores. Cost: ``count`` fp32 patches once per (model, task) and process (paper
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,12 +62,19 @@ def task_patches(model: "IPT", task: str, photos: "list[Path]", count: int, seed
     return spec.degrade(clean, gen).float()
 
 
-def ensure_int8_calibration(model: "IPT", task: str) -> "ActivationRanges":
+def ensure_int8_calibration(model: "IPT", task: str) -> "ActivationRanges | None":
     """The model's int8 calibration table for ``task``, made now (:meth:`IPT.calibrate_int8` on
-    :func:`calibration_patches`, on the model's device) unless the model already has one."""
+    :func:`calibration_patches`, on the model's device) unless the model already has one. Without the built-in
+    photos (scikit-image/scikit-learn missing) it warns once and returns None: int8 then runs with dynamic
+    per-patch scales (same quality, slower)."""
     ranges = model.int8_ranges.get(task)
     if ranges is None:
+        try:
+            patches = calibration_patches(model, task)
+        except FileNotFoundError as exc:
+            warnings.warn(f"int8: no calibration patches ({exc}); using dynamic per-patch scales (slower)",
+                          RuntimeWarning, stacklevel=2)
+            return None
         device = next(model.parameters()).device
-        patches = calibration_patches(model, task).to(device)
-        ranges = model.calibrate_int8(task, patches, margin=CALIBRATION_MARGIN)
+        ranges = model.calibrate_int8(task, patches.to(device), margin=CALIBRATION_MARGIN)
     return ranges
