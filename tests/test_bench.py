@@ -115,3 +115,22 @@ def test_gpu_mfu_script_runs_on_the_cpu(tmp_path: Path) -> None:
     assert report["flops_per_patch"] == flops_per_patch(preset("tiny"), 1)
     assert 0 < report["train"]["mfu"] and 0 < report["inference"]["mfu"]
     assert report["train"]["mean_loss"] > 0  # the loss summed on the device was read back once, at the end
+
+
+def test_folder_throughput_script_compares_both_ways_on_identical_outputs(tmp_path: Path) -> None:
+    """benchmarks/folder_throughput.py (issue 15's folder figure, also run on the GPU) on 3 small images."""
+    import runpy
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "folder_throughput.py"
+    out = tmp_path / "folder.json"
+    old, sys.argv = sys.argv, ["folder_throughput.py", "--images", "3", "--size", "64", "--repeats", "1",
+                               "--json", str(out)]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = old
+    report = json.loads(out.read_text())
+    assert report["identical"] is True and report["images"] == 3
+    assert len(report["runs"]["one_by_one"]) == len(report["runs"]["stream"]) == 1
+    assert report["speedup_wall"] > 0
