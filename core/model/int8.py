@@ -1,31 +1,34 @@
-"""int8 CPU inference of IPT's linear layers (``--dtype int8``): oneDNN's quantized GEMM, static or dynamic scales.
+"""int8 CPU inference (``--dtype int8``): oneDNN's quantized GEMMs and convolutions with calibrated activation scales.
 
 Weights are quantized once per output channel (symmetric int8, scale = max|w_m| / 127, cached in the module's
-:class:`~ipt.core.model.fused_linear.PackedWeights`). Activations are asymmetric uint8 (``x ~= (q - zp) * scale``);
-their scale comes from one of two places:
+:class:`~ipt.core.model.fused_linear.PackedWeights`). Activations are asymmetric uint8 (``x ~= (q - zp) * scale``)
+over a range that comes from:
 
-* **static** (the fast path): a calibration table, :class:`ActivationRanges`, holding the min/max of every linear
-  layer's input seen while the fp32 model ran a few calibration patches (:meth:`ipt.core.model.IPT.calibrate_int8`;
-  ``ipt.core.inference.int8_calibration`` makes the patches from the built-in photos and the task's own
-  degradation). With one scale per layer, a layer is one GEMM over the whole batch, the first MLP layer writes
-  uint8 straight for the second (its ReLU output quantized inside the GEMM), and residual adds are a post-op of
-  the GEMM. Values outside the calibrated range saturate (clip), as in every static post-training quantization.
-* **dynamic** (a layer the table does not cover, or no table): each patch of the batch is quantized over its own
-  min/max at run time and its GEMM accumulates into its rows of the output (oneDNN's ``sum`` post-op).
+* a **calibration table**, :class:`ActivationRanges`: the min/max of every linear layer's (and ResBlock
+  convolution's) input seen while the fp32 model ran a few patches (:meth:`ipt.core.model.IPT.calibrate_int8`;
+  :mod:`ipt.core.inference.int8_calibration` makes them from the built-in photos and the task's own degradation,
+  and widens every range 1.5x). Patches inside a layer's range share its static scale, so the layer is one GEMM
+  over the batch, the MLP's first layer writes uint8 straight for the second (ReLU and quantization in the GEMM's
+  epilogue), and residual adds are a post-op of the GEMM;
+* the patch itself, where it goes beyond the calibrated range: that patch is quantized over the union of both
+  ranges (its own scale, no clipping) and the layer runs patch by patch, each GEMM accumulating into its rows of
+  the output (oneDNN's ``sum`` post-op); an MLP whose uint8 hand-over reaches 255 (possibly clipped) is recomputed
+  for that patch through the two layers one by one. Without a table every patch uses its own range (dynamic).
 
-Either way a patch's result depends on that patch only, not on the other patches of its batch: a tile restores to
-the same bits alone or batched with tiles of other images (``tests/test_int8.py``).
+A patch's result depends on that patch only, never on its batch-mates (int32 accumulation is exact and the
+epilogues are elementwise): a tile restores to the same bits alone or batched with tiles of other images
+(``tests/test_int8.py``). LayerNorm, attention, the first head convolution (the 8-bit image itself) and the tail
+stay fp32.
 
-Why static scales, measured on this 2-core Zen 4 VM (paper preset, 4 patches per call, one process, variants
-interleaved, medians of 7): dynamic per-patch 0.743 s per call (2 threads, wall), static 0.643 s, static with the
-MLP's uint8 hand-over 0.623 s; one thread, CPU time: 1.166 / 1.085 / 1.050 s. The gain is the per-patch loop, the
-zero-filled output buffers, the run-time min/max and the fc1 -> fc2 fp32 round trip, all gone. Convolutions,
-LayerNorm and attention stay fp32: an int8 attention from ``torch._int_mm`` plus an unfused softmax measured no
-faster than fp32 ``scaled_dot_product_attention`` (4.9 vs 4.7 ms for (4, 12, 256, 48)).
+Measured on this 2-core Zen 4 VM (paper preset, 4 patches per call, variants interleaved in one process, medians
+of 7; ``benchmarks/RESULTS.md``): per-patch dynamic scales 0.743 s per call (2 threads, wall), static scales
+0.643 s, with the MLP's uint8 hand-over 0.623 s, with int8 ResBlock convolutions 0.573 s. An int8 attention from
+``torch._int_mm`` plus an unfused softmax measured no faster than fp32 ``scaled_dot_product_attention`` (4.9 vs
+4.7 ms for (4, 12, 256, 48)).
 
-The kernels are PyTorch's ``onednn::qlinear_pointwise`` ops (the ones Inductor's x86 int8 path uses); activations
-take ``torch.quantize_per_tensor`` (deprecated in favour of torchao, whose CPU int8 kernels need ``torch.compile``;
-it is still the one fast eager quantization kernel in torch 2.14).
+The kernels are PyTorch's ``onednn::qlinear_pointwise``/``qconv2d_pointwise`` ops (the ones Inductor's x86 int8
+path uses); activations take ``torch.quantize_per_tensor`` (deprecated in favour of torchao, whose CPU int8
+kernels need ``torch.compile``; it is still the one fast eager quantization kernel in torch 2.14).
 """
 
 from __future__ import annotations
