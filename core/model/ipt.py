@@ -61,9 +61,9 @@ class Attention(nn.Module):
     def _embed_projection(self, qk_embed: torch.Tensor) -> torch.Tensor:
         """``qk_embed @ W_qk.T`` (N, 2D): the task embedding through the q/k projections. In inference it is the
         same for every batch of a task, so it is computed once (fp32) and cached until the weight or embedding
-        changes; with autograd on it is part of the graph and computed every call."""
+        changes; with autograd on, or under ``torch.compile``, it is computed every call."""
         w = self.qkv.weight[: 2 * self.dim]
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # (the compiled graph has no Python cache)
             return linear(qk_embed, w, packed=self.packed, name="qk")
         return self.packed.constant("qk", (w, qk_embed), lambda: F.linear(qk_embed, w))
 
