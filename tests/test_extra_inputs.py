@@ -139,6 +139,21 @@ def test_tiled_restoration_keeps_extra_channels_out_of_the_output(inpaint: types
     assert restorer(x).shape == (3, 61, 75)
 
 
+def test_int8_calibrates_and_restores_a_task_with_extra_channels(inpaint: types.ModuleType) -> None:
+    """--dtype int8 on a plugin task with a mask channel: calibration patches come from the task's own degradation
+    (image + mask), and the result stays close to fp32."""
+    torch.manual_seed(0)
+    model = build_model("tiny", ["inpaint"]).eval()
+    x = torch.cat([torch.rand(3, 61, 75) * 255, torch.zeros(1, 61, 75)])
+    x[3, 20:30, 10:40] = 1
+    int8 = TaskRestorer(model, "inpaint", InferenceOptions(device="cpu", dtype="int8"))
+    assert "inpaint" in model.int8_ranges and len(model.int8_ranges["inpaint"]) > 0
+    fp32 = TaskRestorer(model, "inpaint", InferenceOptions(device="cpu"))(x)
+    out = int8(x)
+    assert out.shape == (3, 61, 75) and not torch.equal(out, fp32)
+    assert (out - fp32).abs().mean() < 1.0
+
+
 def test_training_with_extra_channels(inpaint: types.ModuleType, tmp_path: Path) -> None:
     from ipt.core.checkpoints.pretrained import read_config
 
