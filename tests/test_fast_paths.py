@@ -363,3 +363,24 @@ def test_ipt_onednn_environment_variable_turns_the_paths_off() -> None:
                               capture_output=True, text=True, check=True)
         assert proc.stdout.strip() == want, value
         assert ("IPT_ONEDNN='maybe'" in proc.stderr) == (value == "maybe")
+
+
+def test_cpu_inference_convolves_channels_last_and_returns_nchw() -> None:
+    """Head/tail convolutions take channels-last inputs in CPU inference (faster oneDNN kernels); the result
+    agrees with the NCHW convolution to fp32 rounding, and the model still returns contiguous NCHW images."""
+    from ipt.core.model.blocks import conv
+
+    torch.manual_seed(0)
+    layer = conv(16, 16, 5).eval()
+    x = torch.randn(2, 16, 24, 24) * 20
+    with torch.inference_mode():
+        fast = layer(x)
+    assert fast.is_contiguous(memory_format=torch.channels_last) and not fast.is_contiguous()
+    plain = torch.nn.functional.conv2d(x, layer.weight.detach(), layer.bias.detach(), padding=2)
+    assert torch.allclose(fast, plain, atol=1e-3, rtol=1e-4)
+    model = IPT(preset("tiny"), ["sr2"]).eval()
+    with torch.inference_mode():
+        y = model(torch.rand(2, 3, 48, 48) * 255, "sr2")
+    assert y.is_contiguous() and y.shape == (2, 3, 96, 96)
+    with torch.enable_grad():
+        assert layer(x).is_contiguous()  # training keeps NCHW

