@@ -56,10 +56,11 @@ _OBSERVER: "ActivationRanges | None" = None  # the table a calibration pass writ
 
 
 class ActivationRanges:
-    """Min/max of each linear layer's input (fp32) over the calibration patches of one (model, task).
+    """Min/max of each linear layer's (and int8-capable convolution's) input over the calibration patches of one
+    (model, task).
 
     Keys are (the layer's :class:`PackedWeights`, its name), so a table belongs to one model instance. A layer
-    never observed has no entry and runs the dynamic path. ``margin`` multiplies both ends of every range (which
+    never observed has no entry and quantizes each patch over its own range (dynamic). ``margin`` multiplies both ends of every range (which
     always includes 0) when scales are derived: headroom for inputs beyond the calibration patches, at the cost of
     a coarser step (1.0 = the observed range).
     """
@@ -105,11 +106,12 @@ def int8_available() -> bool:
 
 @contextlib.contextmanager
 def int8_inference(enabled: bool = True) -> Iterator[None]:
-    """Run the linear layers of CPU inference (no autograd, fp32) in int8 inside a ``with`` block.
+    """Run the linear layers (and the ResBlock convolutions) of CPU inference (no autograd, fp32) in int8 inside a
+    ``with`` block.
 
-    Raises ``RuntimeError`` when this build has no oneDNN int8 kernels. Convolutions, LayerNorm and attention keep
-    fp32. Layers use the calibration table of the running (model, task) where one exists (:func:`use_ranges`),
-    else dynamic per-patch scales (module docstring).
+    Raises ``RuntimeError`` when this build has no oneDNN int8 kernels. LayerNorm, attention and the other
+    convolutions keep fp32. Layers use the calibration table of the running (model, task) where one exists
+    (:func:`use_ranges`), else dynamic per-patch scales (module docstring).
     """
     global _INT8
     if enabled and not _HAS_ONEDNN_INT8:
