@@ -272,3 +272,39 @@ def test_int8_without_the_built_in_photos_warns_and_runs_with_dynamic_scales(mon
     fp32 = TaskRestorer(model, "denoise30", InferenceOptions(device="cpu"))(image)
     assert out.shape == (3, 40, 56) and not torch.equal(out, fp32)
     assert (out - fp32).abs().max() < 5
+
+
+def test_int8_switch_and_tables_are_per_thread() -> None:
+    """Two threads restoring at once, one in int8 with a calibration table, one in fp32: each gets what it would
+    get alone (the switch and the table are context variables, not process-wide)."""
+    import threading
+
+    torch.manual_seed(0)
+    model = IPT(preset("tiny", num_enc_layers=1, num_dec_layers=1, n_feats=8, num_heads=2), ["denoise30"]).eval()
+    x = torch.rand(4, 3, 48, 48) * 255
+    ranges = model.calibrate_int8("denoise30", x)
+    with torch.inference_mode():
+        want_fp32 = model(x, "denoise30")
+        with int8_inference():
+            want_int8 = model(x, "denoise30")
+    assert not torch.equal(want_fp32, want_int8) and len(ranges) > 0
+    got: dict[str, list[torch.Tensor]] = {"fp32": [], "int8": []}
+    barrier = threading.Barrier(2)
+
+    def run(kind: str) -> None:
+        barrier.wait()
+        with torch.inference_mode():
+            for _ in range(5):
+                if kind == "int8":
+                    with int8_inference():
+                        got[kind].append(model(x, "denoise30"))
+                else:
+                    got[kind].append(model(x, "denoise30"))
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in got]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(y, want_fp32) for y in got["fp32"])
+    assert all(torch.equal(y, want_int8) for y in got["int8"])

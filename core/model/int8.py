@@ -37,6 +37,7 @@ import contextlib
 import math
 import warnings
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,9 +51,11 @@ __all__ = [
 ]
 
 _HAS_ONEDNN_INT8 = torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
-_INT8 = False  # set by int8_inference()
-_RANGES: "ActivationRanges | None" = None  # the table the int8 layers read (set by IPT.forward via use_ranges)
-_OBSERVER: "ActivationRanges | None" = None  # the table a calibration pass writes (set by observing)
+# Per thread (context variables): two restorers in two threads, one int8 and one not, or two tasks, do not see
+# each other's switches or tables.
+_INT8: ContextVar[bool] = ContextVar("ipt_int8", default=False)  # set by int8_inference()
+_RANGES: ContextVar["ActivationRanges | None"] = ContextVar("ipt_int8_ranges", default=None)  # use_ranges()
+_OBSERVER: ContextVar["ActivationRanges | None"] = ContextVar("ipt_int8_observer", default=None)  # observing()
 
 
 class ActivationRanges:
@@ -113,56 +116,55 @@ def int8_inference(enabled: bool = True) -> Iterator[None]:
     convolutions keep fp32. Layers use the calibration table of the running (model, task) where one exists
     (:func:`use_ranges`), else dynamic per-patch scales (module docstring).
     """
-    global _INT8
     if enabled and not _HAS_ONEDNN_INT8:
         raise RuntimeError("int8 inference needs PyTorch with oneDNN's quantized linear (onednn::qlinear_pointwise) "
                            "on an x86 CPU; this build has none")
-    old, _INT8 = _INT8, enabled
+    token = _INT8.set(enabled)
     try:
         yield
     finally:
-        _INT8 = old
+        _INT8.reset(token)
 
 
 def int8_active() -> bool:
     """True inside :func:`int8_inference` (whether or not a given call then qualifies, see :func:`applies`)."""
-    return _INT8
+    return not torch.compiler.is_compiling() and _INT8.get()
 
 
 @contextlib.contextmanager
 def use_ranges(ranges: ActivationRanges | None) -> Iterator[None]:
     """Make ``ranges`` the calibration table the int8 layers read inside the block (None: dynamic scales)."""
-    global _RANGES
-    old, _RANGES = _RANGES, ranges
+    token = _RANGES.set(ranges)
     try:
         yield
     finally:
-        _RANGES = old
+        _RANGES.reset(token)
 
 
 @contextlib.contextmanager
 def observing(ranges: ActivationRanges) -> Iterator[ActivationRanges]:
     """Calibration: inside the block, every linear layer with a :class:`PackedWeights` records its input's range
     into ``ranges`` (the layers compute in fp32 as usual; int8 is switched off)."""
-    global _OBSERVER
-    old = _OBSERVER
-    _OBSERVER = ranges
+    token = _OBSERVER.set(ranges)
     try:
         with int8_inference(False):
             yield ranges
     finally:
-        _OBSERVER = old
+        _OBSERVER.reset(token)
 
 
 def observe(packed: "PackedWeights | None", name: str, x: torch.Tensor) -> None:
     """Record ``x`` as the input of layer ``name`` if a calibration pass is running (else nothing)."""
-    if _OBSERVER is not None and packed is not None:
-        _OBSERVER.observe(packed, name, x)
+    if torch.compiler.is_compiling():
+        return
+    observer = _OBSERVER.get()
+    if observer is not None and packed is not None:
+        observer.observe(packed, name, x)
 
 
 def applies(x: torch.Tensor) -> bool:
     """True where the int8 path computes a linear layer on ``x`` (CPU fp32 inference inside the context)."""
-    if not _INT8 or x.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not _INT8.get() or x.device.type != "cpu" or torch.is_grad_enabled():
         return False
     return x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu") and x.numel() > 0
 
@@ -243,7 +245,8 @@ def int8_linear(
     """
     m = weight.shape[0]
     samples = _samples(x)
-    calibrated = _RANGES.range(packed, name) if _RANGES is not None else None
+    table = _RANGES.get()
+    calibrated = table.range(packed, name) if table is not None else None
     qparams = _sample_qparams(samples, calibrated)
     if qparams is None:
         return None
@@ -290,10 +293,11 @@ def int8_mlp(
     :func:`int8_linear` twice (no clipping). None where the table does not cover both layers or ``x`` is not
     finite (the caller then runs the layers one by one).
     """
-    if _RANGES is None or not applies(x) or residual.shape[:-1] != x.shape[:-1] or residual.dtype != torch.float32:
+    table = _RANGES.get()
+    if table is None or not applies(x) or residual.shape[:-1] != x.shape[:-1] or residual.dtype != torch.float32:
         return None
     (w1, b1), (w2, b2) = fc1, fc2
-    c1, c2 = _RANGES.range(packed, f"{name}.fc1"), _RANGES.range(packed, f"{name}.fc2")
+    c1, c2 = table.range(packed, f"{name}.fc1"), table.range(packed, f"{name}.fc2")
     if c1 is None or c2 is None:
         return None
     samples = _samples(x)
@@ -343,7 +347,8 @@ def int8_conv2d(conv: torch.nn.Conv2d, x: torch.Tensor, packed: "PackedWeights",
     """
     if conv.groups != 1 or conv.padding_mode != "zeros" or isinstance(conv.padding, str) or x.dim() != 4:
         return None
-    qparams = _sample_qparams(x, _RANGES.range(packed, "input") if _RANGES is not None else None)
+    table = _RANGES.get()
+    qparams = _sample_qparams(x, table.range(packed, "input") if table is not None else None)
     if qparams is None:
         return None
     geometry = (list(conv.stride), list(conv.padding), list(conv.dilation), conv.groups)
