@@ -25,7 +25,7 @@ class Conv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor, relu: bool = False) -> torch.Tensor:  # noqa: D102
         int8.observe(self.packed, "input", x)
-        if self.int8_inference and int8.int8_active() and int8.applies(x):
+        if self.int8_inference and int8.applies(x):
             y = int8.int8_conv2d(self, x, self.packed, relu=relu)
             if y is not None:
                 return y

@@ -96,6 +96,15 @@ def _onednn_training_applies(
     return True
 
 
+def _quantize_per_output_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``weight`` (O, ...) as symmetric int8 per output channel: (q int8 of the same shape, contiguous; scales (O,)
+    fp32 with ``weight ~= q * scale``, scale = max|w_o| / 127)."""
+    w = weight.detach().float()
+    scales = (w.abs().amax(dim=tuple(range(1, w.dim()))) / 127).clamp(min=1e-12)
+    q = torch.round(w / scales.view(-1, *[1] * (w.dim() - 1))).clamp(-127, 127).to(torch.int8).contiguous()
+    return q, scales
+
+
 class PackedWeights:
     """oneDNN-packed copies of a module's weights for inference, rebuilt whenever a weight changes.
 
@@ -125,10 +134,8 @@ class PackedWeights:
         stamp = self._stamp(weight)
         hit = self._entries.get((name, torch.int8))
         if hit is None or hit[0] != stamp:
-            w = weight.detach().float()
-            scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
-            q = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
-            zeros = torch.zeros(w.shape[0], dtype=torch.int32)
+            q, scales = _quantize_per_output_channel(weight)
+            zeros = torch.zeros(q.shape[0], dtype=torch.int32)
             hit = self._entries[(name, torch.int8)] = (stamp, (torch.ops.onednn.qlinear_prepack(q, None), scales, zeros))
         return hit[1]  # type: ignore[return-value]
 
@@ -140,10 +147,8 @@ class PackedWeights:
         stamp = self._stamp(weight)
         hit = self._entries.get((name, torch.qint8))
         if hit is None or hit[0] != stamp:
-            w = weight.detach().float()
-            scales = (w.abs().amax(dim=(1, 2, 3)) / 127).clamp(min=1e-12)
-            q = torch.round(w / scales[:, None, None, None]).clamp(-127, 127).to(torch.int8).contiguous()
-            zeros = torch.zeros(w.shape[0], dtype=torch.int64)
+            q, scales = _quantize_per_output_channel(weight)
+            zeros = torch.zeros(q.shape[0], dtype=torch.int64)
             # x_scale/x_zp only guide oneDNN's choice of weight layout; any input scale works at run time (tested).
             prepacked = torch.ops.onednn.qconv_prepack(q, scales, 1.0, 0, *geometry, None)
             hit = self._entries[(name, torch.qint8)] = (stamp, (prepacked, scales, zeros))

@@ -308,8 +308,8 @@ def int8_mlp(
     q1, q2 = _uint8_params(*c1), _uint8_params(*c2)
     inside = [i for i, q in enumerate(qparams) if q == q1]
     residual3 = residual.reshape(n_samples, n, -1)
-    out = torch.empty_like(residual3)
     redo = [i for i in range(n_samples) if qparams[i] != q1]
+    out: torch.Tensor | None = None  # assembled only when some patch is recomputed
     if inside:
         part = samples if len(inside) == n_samples else samples[inside]
         hidden = _gemm(_as_uint8(part.reshape(-1, k), *q1), *q1, packed.get_int8(f"{name}.fc1", w1),
@@ -320,11 +320,14 @@ def int8_mlp(
         saturated = [v == 255 for v in hidden.view(len(inside), -1).amax(dim=1).tolist()]
         if len(inside) == n_samples and not any(saturated):
             return y.view(*x.shape[:-1], -1)
+        out = torch.empty_like(residual3)
         for j, i in enumerate(inside):
             if saturated[j]:
                 redo.append(i)
             else:
                 out[i] = y[j]
+    if out is None:
+        out = torch.empty_like(residual3)
     for i in redo:
         h = int8_linear(samples[i : i + 1], w1, b1, True, None, packed, f"{name}.fc1")
         y_i = None if h is None else int8_linear(h, w2, b2, False, residual3[i : i + 1], packed, f"{name}.fc2")
