@@ -68,14 +68,23 @@ def stream(restorer: TaskRestorer, paths: list[Path], out: Path) -> None:
         raise errors[0]
 
 
+def _positive(text: str) -> int:
+    value = int(text) if text.strip().lstrip("-").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=100)
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--images", type=_positive, default=100)
+    ap.add_argument("--size", type=_positive, default=128, help="side in px (at most 300: the smallest photo's short side)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=_positive, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.size > 300:
+        ap.error(f"--size {args.size}: the smallest built-in photo is 300 px high, use at most 300")
     model = load_task_model(None, "denoise30", args.device)
     restorer = TaskRestorer(model, "denoise30", InferenceOptions(device=args.device))
     runs: dict[str, list[tuple[float, float]]] = {"one_by_one": [], "stream": []}

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ipt.core.checkpoints.bundled import resolve_model_dir
+from ipt.core.checkpoints.pretrained import CheckpointError
 from ipt.core.evaluation.metrics import psnr, quantize
 from ipt.core.images.io import read_image
 from ipt.core.images.photos import photo
@@ -48,10 +49,16 @@ def main() -> None:
     ap.add_argument("--cbsd68", type=Path, default=None, help="CBSD68 folder of PNGs")
     ap.add_argument("--set5", type=Path, default=None, help="Set5 HR folder")
     args = ap.parse_args()
+    for folder in (args.cbsd68, args.set5):
+        if folder is not None and not folder.is_dir():
+            ap.error(f"{folder}: no such folder")
     imgs = images(args.cbsd68, args.set5)
     print("task        " + " ".join(f"{name[:16]:>16s}" for name in imgs))
     for task in args.tasks.split(","):
-        model = IPT.from_pretrained(resolve_model_dir(args.model), tasks=[task]).eval()
+        try:
+            model = IPT.from_pretrained(resolve_model_dir(args.model), tasks=[task]).eval()
+        except (OSError, ValueError, CheckpointError) as exc:  # missing task, bad model directory
+            ap.error(str(exc))
         spec = model.spec(task)
         border = spec.scale if spec.scale > 1 else 0
         restorers = {d: TaskRestorer(model, task, InferenceOptions(device="cpu", dtype=d)) for d in ("fp32", "int8")}
