@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from launch_helpers import free_port
 import torch
 from safetensors.torch import load_file
 
@@ -241,8 +242,8 @@ def test_two_processes_same_task_every_step(tmp_path: Path) -> None:
     # accelerate 1.x starts several CPU processes through its torchrun path (--multi_gpu); `--cpu --num_processes 2`
     # alone runs a single process unless an MPI hostfile is given. The trainer picks the gloo backend itself.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "core/train.py", "--tasks", "sr2,derain", *FAST_FLAGS, "--max-steps", "4", "--seed", "3", "--output-dir", str(run), "--val-every", "0"]
+           "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+           "--dynamo_backend", "no", "core/train.py", "--tasks", "sr2,derain", *FAST_FLAGS, "--max-steps", "4", "--seed", "3", "--output-dir", str(run), "--val-every", "0"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     traces = [[json.loads(x) for x in (run / f"trace-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]

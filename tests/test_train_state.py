@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from launch_helpers import free_port
 from safetensors.torch import load_file
 
 from ipt.core.training.checkpoints import list_checkpoints
@@ -118,8 +119,10 @@ def test_resume_after_sigterm_is_bit_identical(tmp_path: Path) -> None:
 
 
 def _launch(args: list[str], **kw: Any) -> subprocess.Popen[str]:
+    # Each launch its own rendezvous port: this test runs two launches at once (launch_helpers.free_port).
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "core/train.py", *args]
+           "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+           "--dynamo_backend", "no", "core/train.py", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("IPT_DEBUG", None)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, **kw)
